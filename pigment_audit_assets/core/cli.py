@@ -1,0 +1,201 @@
+"""``pigment-audit``: the community script's command line, on the project's core.
+
+Same flags, same environment variables, same meaning: fetch the audit events of
+``--start-date``..``--end-date`` (both included) into one CSV, push it to ``--import-config``
+when given, and delete the CSV after a successful push unless ``--keep-file``. Unlike the
+script it finds every event of those days whatever order Pigment pages in, drops none, retries
+what can be retried, waits for Pigment's import reports, and exits non-zero when anything
+failed. It never imports dagster, so it starts fast.
+
+Exit codes: 0 done, 1 failed (Pigment, configuration, files), 2 bad arguments, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .chunks import chunk_size_bytes, write_chunks
+from .client import AUDIT_KEY_VARIABLE, IMPORT_KEY_VARIABLE, PigmentClient
+from .collect import fetch_days
+from .days import days_between, parse_zone
+from .errors import ConfigError, PigmentAuditError
+from .imports import summarize_report
+from .storage import Storage
+from .table import write_csv
+
+DEFAULT_BASE_URL = "https://pigment.app"
+log = logging.getLogger("pigment_audit")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines written through tqdm so they do not break the progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never crash the run
+            self.handleError(record)
+
+
+def _valid_date(text: str) -> date:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"Not a valid date: '{text}'. Expected format: YYYY-MM-DD.") from None
+
+
+def _positive_megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--chunk-size must be a positive number of MB, "
+                                         f"not '{text}'.")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with the community script's flags."""
+    parser = argparse.ArgumentParser(
+        prog="pigment-audit",
+        description="Fetch Pigment audit logs, save to CSV, and optionally import back to "
+                    "Pigment.\nKeys come from PIGMENT_AUDIT_API_KEY and PIGMENT_IMPORT_API_KEY.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("--start-date", required=True, type=_valid_date,
+                        help="First day to export, YYYY-MM-DD.")
+    parser.add_argument("--end-date", required=True, type=_valid_date,
+                        help="Last day to export (included), YYYY-MM-DD.")
+    parser.add_argument("--output-file", default="audit_data.csv",
+                        help="Path for the output CSV file. (default: audit_data.csv)")
+    parser.add_argument("--import-config", default=None,
+                        help="The Pigment import configuration id. Triggers the upload.")
+    parser.add_argument("--chunk-size", type=_positive_megabytes, default=480,
+                        help="The upload chunk size in megabytes (MB). (default: 480)")
+    parser.add_argument("--keep-file", action="store_true",
+                        help="Do not delete the CSV file after a successful upload.")
+    return parser
+
+
+def _setup_logging() -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s - [%(levelname)s] - %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code (also the process's when run as a script)."""
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        log.warning("Interrupted; files already finished are complete, nothing half-written.")
+        return 130
+    except PigmentAuditError as error:
+        log.error(str(error))
+        return 1
+    except OSError as error:
+        log.error(f"File error: {error}")
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.end_date < args.start_date:
+        raise ConfigError(f"--end-date {args.end_date} is before --start-date {args.start_date}.")
+    audit_key = os.environ.get(AUDIT_KEY_VARIABLE, "")
+    import_key = os.environ.get(IMPORT_KEY_VARIABLE, "")
+    if not audit_key:
+        raise ConfigError(f"{AUDIT_KEY_VARIABLE} environment variable not set. This is required.")
+    if args.import_config and not import_key:
+        raise ConfigError(f"{IMPORT_KEY_VARIABLE} must be set to run an import "
+                          "(--import-config was given).")
+    chunk_bytes = chunk_size_bytes(args.chunk_size, "--chunk-size")
+    zone = parse_zone(os.environ.get("PIGMENT_AUDIT_TIMEZONE") or "UTC")
+    base_url = os.environ.get("PIGMENT_BASE_URL") or DEFAULT_BASE_URL
+    output = Path(args.output_file)
+    client = PigmentClient(base_url, audit_key=audit_key, import_key=import_key or None, log=log)
+    with tempfile.TemporaryDirectory(prefix="pigment-audit-") as scratch:
+        storage = Storage(scratch)
+        with tqdm(desc="Fetching events", unit=" events", unit_scale=True, file=sys.stderr,
+                  disable=None) as bar:
+            scan = fetch_days(client, days_between(args.start_date, args.end_date), zone,
+                              storage, now=datetime.now(timezone.utc), log=log,
+                              on_page=bar.update)
+        _keep_rejects(scan.days.values(), output)
+        events = sum(day.events for day in scan.days.values())
+        log.info(f"API pass complete: {events:,} events in {len(scan.days)} day(s), "
+                 f"{scan.audit_requests} request(s).")
+        if events == 0:
+            log.warning("No event data found. CSV file will not be created.")
+            return 0
+        summary = write_csv([storage.raw_path(day) for day in sorted(scan.days)], output)
+        if summary.collisions:
+            log.warning(f"{summary.collisions} value(s) overwritten by a key that flattens to "
+                        f"the same column: {dict(summary.collided_columns)}")
+        log.info(f"Wrote {summary.rows:,} rows, {len(summary.columns)} columns to '{output}'.")
+        if not args.import_config:
+            log.info(f"CSV file created successfully at {output}. Skipping Pigment import.")
+            return 0
+        _push(client, output, args.import_config, chunk_bytes, Path(scratch) / "chunks")
+    if args.keep_file:
+        log.info(f"Upload complete. Intermediate file kept as requested: {output}")
+    else:
+        log.info(f"Upload complete. Deleting intermediate file: {output}")
+        output.unlink()
+    return 0
+
+
+def _keep_rejects(days: object, output: Path) -> None:
+    """Copy the scan's rejected events next to the output: never silently dropped."""
+    paths = [day.rejected_path for day in days if day.rejected]  # type: ignore[attr-defined]
+    if not paths:
+        return
+    target = output.with_name(output.name + ".rejected.jsonl")
+    with open(target, "wb") as joined:
+        for path in paths:
+            with open(path, "rb") as part:
+                shutil.copyfileobj(part, joined)
+    log.warning(f"Some events could not be placed in a day; they are in '{target}'.")
+
+
+def _push(client: PigmentClient, csv_path: Path, configuration_id: str, chunk_bytes: int,
+          work: Path) -> None:
+    chunks = write_chunks(csv_path, chunk_bytes, work, setting="--chunk-size")
+    total = sum(chunk.bytes for chunk in chunks)
+    import_ids: list[str] = []
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+              desc=f"Uploading {csv_path.name}", disable=None) as bar:
+        for chunk in chunks:
+            log.info(f"Sending chunk #{chunk.index} ({chunk.bytes / 1_048_576:.2f} MB)...")
+            import_ids.append(client.push_csv(configuration_id, chunk.path))
+            log.info(f"Chunk #{chunk.index} accepted as import {import_ids[-1]}.")
+            bar.update(chunk.bytes)
+    failed = []
+    for import_id in import_ids:
+        report = summarize_report(client.wait_for_import(import_id))
+        log.info(f"Import {import_id}: {report['status']} (inserted {report['insertedCount']}, "
+                 f"updated {report['updatedCount']}, skipped {report['skippedCount']})")
+        if report["status"] == "Failed":
+            failed.append(f"{import_id}: {'; '.join(report['errors']) or 'no details'}")
+    if failed:
+        raise PigmentAuditError("Pigment reported failed import(s), the CSV is kept: "
+                                + " | ".join(failed))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""The Pigment client: audit pages, CSV pushes, import status; one retry policy, one pacer.
+
+Retries (tenacity) cover what a later attempt can fix: 429, 500, 502, 503, 504, connection
+errors, time-outs, and bodies cut short or not JSON. ``Retry-After`` is honoured (seconds or an
+HTTP date); without it the wait grows exponentially with jitter, and the default patience
+(7 minutes) outlasts Pigment's 5-minute rate-limit window. A retry repeats the very same
+request (same cursor), so no page is skipped or read twice. 400, 401, 403 and 404 fail at once
+with a message that says what to check.
+
+Keys live only in request headers: they are never logged, never in an exception's text, never
+in the client's repr.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import requests
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_before_delay,
+)
+
+from .days import format_ingested_since
+from .errors import ConfigError, ImportFailedError, PigmentApiError, PigmentUnavailableError
+
+AUDIT_PATH = "/api/audit/v1/events"
+PUSH_PATH = "/api/v1/import/push/csv"
+STATUS_PATH = "/api/v1/import/{import_id}/status"
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+FINAL_IMPORT_STATUSES = frozenset({"Completed", "Failed"})
+
+AUDIT_KEY_VARIABLE = "PIGMENT_AUDIT_API_KEY"
+IMPORT_KEY_VARIABLE = "PIGMENT_IMPORT_API_KEY"
+_KEY_HELP = {
+    "audit": (
+        f"Check {AUDIT_KEY_VARIABLE}: it must be an 'Audit logs' API key, which a Security "
+        "Admin creates under Workspace settings > API keys (Enterprise plan)."
+    ),
+    "import": (
+        f"Check {IMPORT_KEY_VARIABLE}: it must be an 'Import or Export' API key, which a "
+        "Workspace Admin creates under Workspace settings > API keys; it acts with its owner's "
+        "rights, so the owner needs access to the import configuration's application."
+    ),
+}
+
+
+class Log(Protocol):
+    """What the client logs through: a ``logging.Logger`` or Dagster's ``context.log``."""
+
+    def info(self, msg: str) -> Any: ...
+
+    def warning(self, msg: str) -> Any: ...
+
+
+class _Retryable(Exception):
+    """A failure that a later attempt may not repeat."""
+
+    def __init__(self, what: str, retry_after: float | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long and how the client keeps trying."""
+
+    patience_seconds: float = 420.0
+    min_backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 120.0
+
+
+class RequestPacer:
+    """At most ``limit`` requests in any ``window`` seconds (a sliding window), thread-safe."""
+
+    def __init__(self, limit: int, window_seconds: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if limit < 1 or window_seconds <= 0:
+            raise ConfigError("the request pace needs a limit >= 1 and a window > 0 seconds.")
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+        self.waited_seconds = 0.0
+
+    def acquire(self) -> None:
+        """Block until one more request fits in the window, then count it."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._sent and now - self._sent[0] >= self.window_seconds:
+                    self._sent.popleft()
+                if len(self._sent) < self.limit:
+                    self._sent.append(now)
+                    return
+                wait = self.window_seconds - (now - self._sent[0])
+            self.waited_seconds += wait
+            self._sleep(wait)
+
+
+_shared_pacers: dict[tuple[int, float], RequestPacer] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pacer(limit: int = 500, window_seconds: float = 300.0) -> RequestPacer:
+    """The process-wide pacer for a pace, shared by every client of this process."""
+    with _shared_lock:
+        key = (limit, window_seconds)
+        if key not in _shared_pacers:
+            _shared_pacers[key] = RequestPacer(limit, window_seconds)
+        return _shared_pacers[key]
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+
+
+class PigmentClient:
+    """Talks to Pigment's Audit Logs and Import APIs (or the project's local stand-in)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        audit_key: str | None = None,
+        import_key: str | None = None,
+        timeout_seconds: float = 60.0,
+        retry: RetryPolicy | None = None,
+        pacer: RequestPacer | None = None,
+        log: Log | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._keys = {"audit": audit_key, "import": import_key}
+        self.timeout_seconds = timeout_seconds
+        self.retry = retry or RetryPolicy()
+        self.pacer = pacer or shared_pacer()
+        self.log: Log = log or logging.getLogger(__name__)
+        self.request_counts: Counter[str] = Counter()
+        self._session = requests.Session()
+
+    def __repr__(self) -> str:
+        return f"PigmentClient(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._session.close()
+
+    # --- the API ---------------------------------------------------------------------------
+
+    def iter_audit_pages(self, ingested_since: datetime) -> Iterator[list[Any]]:
+        """Yield the pages of events ingested since ``ingested_since``, following cursors.
+
+        Stops when a page carries no ``nextEventsCursor`` or no events; never on an event's
+        timestamp, since pages are ordered by ingestion, not by when events happened.
+        """
+        params = {"ingestedSince": format_ingested_since(ingested_since)}
+        seen_cursors: set[str] = set()
+        while True:
+            body = self._request_json("audit", "GET", AUDIT_PATH, params=dict(params))
+            events = body.get("events") if isinstance(body, dict) else None
+            if not isinstance(events, list):
+                raise PigmentApiError(
+                    "The Audit API answered without an 'events' list; the API may have changed."
+                )
+            yield events
+            cursor = body.get("nextEventsCursor")
+            if not cursor or not events:
+                return
+            if cursor in seen_cursors:
+                raise PigmentApiError("The Audit API returned a cursor it had already returned.")
+            seen_cursors.add(cursor)
+            params["cursor"] = cursor
+
+    def push_csv(self, configuration_id: str, csv_path: Path) -> str:
+        """Push one CSV file (streamed from disk) into an import configuration; its import id."""
+        def open_body() -> Any:
+            return open(csv_path, "rb")
+
+        body = self._request_json(
+            "push", "POST", PUSH_PATH, params={"configurationId": configuration_id},
+            body=open_body, headers={"Content-Type": "text/csv; charset=utf-8"},
+            context=f"configuration {configuration_id}",
+        )
+        import_id = body.get("importId") if isinstance(body, dict) else None
+        if not import_id:
+            raise PigmentApiError("The Import API accepted a push but returned no importId.")
+        return str(import_id)
+
+    def import_status(self, import_id: str) -> dict[str, Any]:
+        """The status of one import, with its detailed report."""
+        body = self._request_json(
+            "status", "GET", STATUS_PATH.format(import_id=import_id),
+            params={"includedDetailedReport": "true"}, context=f"import {import_id}",
+        )
+        if not isinstance(body, dict) or "importStatus" not in body:
+            raise PigmentApiError(f"The status of import {import_id} has no importStatus.")
+        return body
+
+    def wait_for_import(self, import_id: str, *, poll_seconds: float = 5.0,
+                        timeout_seconds: float = 1800.0) -> dict[str, Any]:
+        """Poll an import until Completed or Failed; :class:`ImportFailedError` on time-out."""
+        deadline = time.monotonic() + timeout_seconds
+        attempt = 0
+        while True:
+            status = self.import_status(import_id)
+            if status.get("importStatus") in FINAL_IMPORT_STATUSES:
+                return status
+            # Small imports finish in a second or two: start polling fast, then slow down.
+            interval = min(poll_seconds, 0.25 * 2**attempt)
+            attempt += 1
+            if time.monotonic() + interval > deadline:
+                raise ImportFailedError(
+                    f"Import {import_id} was still {status.get('importStatus')} after "
+                    f"{timeout_seconds:.0f} s; raise the import poll time-out, or check it in "
+                    "Pigment before pushing again."
+                )
+            time.sleep(interval)  # waiting on Pigment's asynchronous import
+
+    # --- one request, with retries -----------------------------------------------------------
+
+    def _request_json(self, kind: str, method: str, path: str, *, params: dict[str, str],
+                      body: Callable[[], Any] | None = None,
+                      headers: dict[str, str] | None = None, context: str = "") -> Any:
+        key_kind = "audit" if kind == "audit" else "import"
+        key = self._keys[key_kind]
+        if not key:
+            variable = AUDIT_KEY_VARIABLE if key_kind == "audit" else IMPORT_KEY_VARIABLE
+            raise ConfigError(f"{variable} is not set; it is needed to call Pigment's "
+                              f"{'Audit Logs' if key_kind == 'audit' else 'Import'} API.")
+        request_headers = {"Authorization": f"Bearer {key}", "Accept": "application/json",
+                           **(headers or {})}
+        url = self.base_url + path
+
+        def attempt() -> Any:
+            self.pacer.acquire()
+            self.request_counts[kind] += 1
+            handle = body() if body else None
+            try:
+                response = self._session.request(
+                    method, url, params=params, data=handle, headers=request_headers,
+                    timeout=(min(10.0, self.timeout_seconds), self.timeout_seconds),
+                )
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError,
+                    requests.exceptions.ContentDecodingError) as error:
+                raise _Retryable(f"{type(error).__name__} from {method} {path}") from None
+            finally:
+                if handle is not None:
+                    handle.close()
+            if response.status_code in RETRYABLE_STATUSES:
+                raise _Retryable(f"HTTP {response.status_code} from {method} {path}",
+                                 _retry_after_seconds(response.headers.get("Retry-After")))
+            if response.status_code >= 400:
+                raise self._api_error(kind, key_kind, response, context)
+            try:
+                return orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                raise _Retryable(f"a body that is not JSON from {method} {path}") from None
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retryable),
+            stop=stop_before_delay(self.retry.patience_seconds),
+            wait=self._wait,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Retryable as error:
+            raise PigmentUnavailableError(
+                f"Pigment kept failing for {self.retry.patience_seconds:.0f} s (last: "
+                f"{error.what}). Try again later, or raise the retry patience."
+            ) from None
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _Retryable) and error.retry_after is not None:
+            return error.retry_after
+        ceiling = min(self.retry.max_backoff_seconds,
+                      self.retry.min_backoff_seconds * 2 ** (state.attempt_number - 1))
+        return random.uniform(ceiling / 2, ceiling)  # jitter, so parallel clients spread out
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        what = error.what if isinstance(error, _Retryable) else repr(error)
+        self.log.warning(f"Pigment: {what}; attempt {state.attempt_number}, retrying in "
+                         f"{wait:.1f} s.")
+
+    @staticmethod
+    def _api_error(kind: str, key_kind: str, response: requests.Response,
+                   context: str) -> PigmentApiError:
+        status = response.status_code
+        detail = response.text[:300].strip()
+        if status in (401, 403):
+            message = f"Pigment refused the request ({status}). {_KEY_HELP[key_kind]}"
+        elif status == 404 and kind == "push":
+            message = (f"Pigment found no import {context} (404). Check "
+                       "PIGMENT_IMPORT_CONFIGURATION_ID (or --import-config): it is the id of "
+                       "an import configuration, shown in the application's import settings.")
+        elif status == 404 and kind == "status":
+            message = f"Pigment has no status for {context} (404)."
+        elif status == 400 and kind == "push":
+            message = (f"Pigment rejected the push into {context} (400: bad request or size "
+                       f"limit exceeded): lower the chunk size. Pigment said: {detail}")
+        else:
+            message = f"Pigment answered {status} to a {kind} request. Pigment said: {detail}"
+        return PigmentApiError(message, status)

@@ -1,0 +1,293 @@
+"""One scan of the Audit API, sorted into day files: de-duplicated, complete, nothing dropped.
+
+The API has no end bound and pages by ingestion time, newest first, so one scan from the start
+of the first day reaches every event of every day in the range (an event is ingested at or after
+the moment it happens). Events are spooled to a scratch SQLite file on disk, keyed by event id,
+so memory stays bounded whatever the size of a day, duplicates collapse, and each day's file is
+written sorted by event time, then id, which makes a re-run produce the same file.
+
+A day's new file is the union of what the scan found and what the day's file already held: an
+event stored earlier is never lost because a later scan did not return it. Events that are not
+JSON objects, lack an id or lack a parseable ``eventTimestamp`` go to the day's rejects file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from .client import Log, PigmentClient
+from .days import (
+    EPOCH,
+    ONE_MICROSECOND,
+    check_lookback,
+    day_of,
+    day_start,
+    epoch_microseconds,
+    parse_timestamp,
+)
+from .storage import Storage, atomic_write
+
+PROGRESS_EVERY_PAGES = 10
+
+
+@dataclass
+class DayFile:
+    """What one day's raw file holds after a scan."""
+
+    day: date
+    path: Path
+    events: int = 0
+    bytes: int = 0
+    added: int = 0
+    kept_from_before: int = 0
+    changed: bool = False
+    event_types: Counter[str] = field(default_factory=Counter)
+    first_event_at: str | None = None
+    last_event_at: str | None = None
+    rejected: int = 0
+    rejected_path: Path | None = None
+
+
+@dataclass
+class ScanResult:
+    """What one scan did, over all its days."""
+
+    days: dict[date, DayFile]
+    pages: int = 0
+    events_seen: int = 0
+    duplicates: int = 0
+    outside_range: int = 0
+    rejected: int = 0
+    audit_requests: int = 0
+
+
+def classify(item: Any, zone: ZoneInfo) -> tuple[str, date, int] | str:
+    """``(id, day, epoch µs)`` for a well-formed event, else the reason it is rejected."""
+    if not isinstance(item, dict):
+        return f"not a JSON object ({type(item).__name__})"
+    event_id = item.get("id")
+    if not isinstance(event_id, (str, int)) or isinstance(event_id, bool) or event_id == "":
+        return "no id"
+    try:
+        moment = parse_timestamp(item.get("eventTimestamp"))
+    except (ValueError, TypeError):
+        return "no parseable eventTimestamp"
+    return str(event_id), day_of(moment, zone), epoch_microseconds(moment)
+
+
+class _Spool:
+    """A scratch SQLite database on disk: events by id, and rejects by content."""
+
+    def __init__(self, path: Path) -> None:
+        self.connection = sqlite3.connect(path)
+        self.connection.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            CREATE TABLE events (id TEXT PRIMARY KEY, day TEXT, at INTEGER, type TEXT,
+                                 line BLOB, before INTEGER DEFAULT 0, scanned INTEGER);
+            CREATE TABLE rejects (day TEXT, reason TEXT, line BLOB, UNIQUE (day, line));
+            """
+        )
+
+    def add_events(self, rows: list[tuple[str, str, int, str, bytes, int]]) -> int:
+        """Insert rows not already there; how many were new."""
+        before = self.connection.total_changes
+        self.connection.executemany(
+            "INSERT OR IGNORE INTO events (id, day, at, type, line, scanned) "
+            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        return self.connection.total_changes - before
+
+    def add_rejects(self, rows: list[tuple[str, str, bytes]]) -> None:
+        self.connection.executemany(
+            "INSERT OR IGNORE INTO rejects (day, reason, line) VALUES (?, ?, ?)", rows)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _event_type(item: dict[str, Any]) -> str:
+    value = item.get("eventType")
+    return value if isinstance(value, str) else ""
+
+
+def _reject_day(item: Any, days: set[date], first: date, zone: ZoneInfo) -> date:
+    """The day a reject is filed under: its ingestion day if in range, else the first day."""
+    if isinstance(item, dict):
+        try:
+            candidate = day_of(parse_timestamp(item.get("ingestionTimestamp")), zone)
+        except (ValueError, TypeError):
+            return first
+        if candidate in days:
+            return candidate
+    return first
+
+
+def fetch_days(
+    client: PigmentClient,
+    days: Iterable[date],
+    zone: ZoneInfo,
+    storage: Storage,
+    *,
+    now: datetime,
+    log: Log,
+    on_page: Any = None,
+) -> ScanResult:
+    """Scan the Audit API once for ``days`` and write each day's raw and rejects files."""
+    wanted = sorted(set(days))
+    if not wanted:
+        raise ValueError("no days to fetch")
+    check_lookback(wanted[0], zone, now)  # before any request: old files stay untouched
+    wanted_set = set(wanted)
+    day_keys = {day: day.isoformat() for day in wanted}
+    work = storage.work_dir(f"scan-{uuid.uuid4().hex[:12]}")
+    spool = _Spool(work / "spool.sqlite")
+    result = ScanResult(days={})
+    requests_before = client.request_counts["audit"]
+    try:
+        since = day_start(wanted[0], zone)
+        log.info(f"Scanning Pigment audit events ingested since {since:%Y-%m-%dT%H:%M:%SZ} "
+                 f"for {len(wanted)} day(s), {wanted[0]} to {wanted[-1]}.")
+        for page in client.iter_audit_pages(since):
+            result.pages += 1
+            rows: list[tuple[str, str, int, str, bytes, int]] = []
+            rejects: list[tuple[str, str, bytes]] = []
+            for item in page:
+                result.events_seen += 1
+                placed = classify(item, zone)
+                if isinstance(placed, str):
+                    reject_day = _reject_day(item, wanted_set, wanted[0], zone)
+                    rejects.append((day_keys[reject_day], placed, orjson.dumps(item)))
+                    continue
+                event_id, event_day, at = placed
+                if event_day not in wanted_set:
+                    result.outside_range += 1
+                    continue
+                rows.append((event_id, day_keys[event_day], at, _event_type(item),
+                             orjson.dumps(item), 1))
+            result.duplicates += len(rows) - spool.add_events(rows)
+            if rejects:
+                result.rejected += len(rejects)
+                spool.add_rejects(rejects)
+                log.warning(f"Page {result.pages}: {len(rejects)} event(s) rejected "
+                            f"({', '.join(sorted({reason for _, reason, _ in rejects}))}).")
+            if on_page is not None:
+                on_page(len(page))
+            if result.pages % PROGRESS_EVERY_PAGES == 0:
+                log.info(f"Fetched {result.pages} pages, {result.events_seen:,} events so far.")
+        result.audit_requests = client.request_counts["audit"] - requests_before
+        log.info(f"Scan done: {result.pages} pages, {result.events_seen:,} events, "
+                 f"{result.duplicates} duplicate(s), {result.rejected} rejected, "
+                 f"{result.outside_range} outside the days asked for.")
+        for day in wanted:
+            result.days[day] = _write_day(spool, storage, day, zone, log)
+    finally:
+        spool.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo) -> None:
+    if not path.exists():
+        return
+    connection = spool.connection
+    with open(path, "rb") as previous:
+        for line in previous:
+            if not line.strip():
+                continue
+            item = orjson.loads(line)
+            placed = classify(item, zone)
+            if isinstance(placed, str):
+                continue
+            event_id, _, at = placed
+            connection.execute(
+                "INSERT INTO events (id, day, at, type, line, before, scanned) "
+                "VALUES (?, ?, ?, ?, ?, 1, 0) ON CONFLICT (id) DO UPDATE SET before = 1",
+                (event_id, key, at, _event_type(item), line.rstrip(b"\r\n")))
+
+
+def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log) -> DayFile:
+    key = day.isoformat()
+    path = storage.raw_path(day)
+    previous_digest = _digest(path)
+    _merge_previous(spool, path, key, zone)
+    day_file = DayFile(day=day, path=path)
+    connection = spool.connection
+    digest = hashlib.sha256()
+    with atomic_write(path, "wb") as handle:
+        for at, event_type, line, before, scanned in connection.execute(
+            "SELECT at, type, line, before, scanned FROM events WHERE day = ? ORDER BY at, id",
+            (key,),
+        ):
+            handle.write(line)
+            handle.write(b"\n")
+            digest.update(line)
+            digest.update(b"\n")
+            day_file.events += 1
+            day_file.event_types[event_type or "(none)"] += 1
+            day_file.added += 1 if not before else 0
+            day_file.kept_from_before += 1 if not scanned else 0
+            moment = _iso(at)
+            day_file.first_event_at = day_file.first_event_at or moment
+            day_file.last_event_at = moment
+    day_file.bytes = path.stat().st_size
+    day_file.changed = previous_digest != digest.hexdigest()
+    if previous_digest is None:
+        day_file.added = day_file.events
+    if day_file.changed and previous_digest is not None:
+        log.info(f"{day}: the raw file changed since it was last written: {day_file.added} new "
+                 f"event(s), {day_file.kept_from_before} kept from before.")
+    if day_file.kept_from_before:
+        log.warning(f"{day}: {day_file.kept_from_before} event(s) stored earlier were not in "
+                    "this scan; they were kept.")
+    _write_rejects(spool, storage, day, key, day_file, log)
+    return day_file
+
+
+def _write_rejects(spool: _Spool, storage: Storage, day: date, key: str, day_file: DayFile,
+                   log: Log) -> None:
+    path = storage.rejected_path(day)
+    connection = spool.connection
+    if path.exists():  # rejects seen by earlier scans stay on record
+        with open(path, "rb") as previous:
+            rows = [(key, str(record.get("reason", "")), orjson.dumps(record.get("event")))
+                    for record in map(orjson.loads, filter(bytes.strip, previous))]
+        spool.add_rejects(rows)
+    rejects = connection.execute(
+        "SELECT reason, line FROM rejects WHERE day = ? ORDER BY line", (key,)).fetchall()
+    if not rejects and not path.exists():
+        return
+    with atomic_write(path, "wb") as handle:
+        for reason, line in rejects:
+            handle.write(orjson.dumps({"reason": reason, "event": orjson.Fragment(line)}))
+            handle.write(b"\n")
+    day_file.rejected = len(rejects)
+    day_file.rejected_path = path
+    if rejects:
+        log.warning(f"{day}: {len(rejects)} rejected event(s) on record in {path.name}.")
+
+
+def _digest(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _iso(at: int) -> str:
+    return (EPOCH + at * ONE_MICROSECOND).isoformat().replace("+00:00", "Z")

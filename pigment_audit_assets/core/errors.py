@@ -1,0 +1,29 @@
+"""Errors the core raises. Each message names what the user should fix and never holds a key."""
+
+
+class PigmentAuditError(Exception):
+    """Base class of the project's own errors."""
+
+
+class ConfigError(PigmentAuditError):
+    """A setting is missing or invalid; the message names the variable or field."""
+
+
+class PigmentApiError(PigmentAuditError):
+    """Pigment answered with an error that retrying will not fix (400, 401, 403, 404, ...)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PigmentUnavailableError(PigmentAuditError):
+    """Pigment kept failing (429, 5xx, broken answers) for longer than the retry patience."""
+
+
+class LookbackError(PigmentAuditError):
+    """A day lies beyond the 180 days the Audit API can reach."""
+
+
+class ImportFailedError(PigmentAuditError):
+    """Pigment reported a pushed import as Failed, or it did not finish in time."""

@@ -1,0 +1,44 @@
+"""The ``Definitions`` that ``workspace.yaml`` loads, configured from the environment."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from .defs.assets import build_assets
+from .defs.partitions import START_DATE_VARIABLE, TIMEZONE_VARIABLE, daily_partitions
+from .defs.resources import CONFIGURATION_VARIABLE, PigmentResource
+
+
+def _from_env(variable: str) -> dg.EnvVar | None:
+    """``EnvVar(variable)`` when set; else None, so the step that needs it names it."""
+    return dg.EnvVar(variable) if os.environ.get(variable) else None
+
+
+def build_resource() -> PigmentResource:
+    """The Pigment resource, every setting from its environment variable or its default."""
+    optional = {
+        "base_url": "PIGMENT_BASE_URL",
+        "storage_url": "PIGMENT_AUDIT_STORAGE_URL",
+        "timezone": TIMEZONE_VARIABLE,
+    }
+    settings = {field: dg.EnvVar(variable) for field, variable in optional.items()
+                if os.environ.get(variable)}
+    return PigmentResource(
+        audit_api_key=_from_env("PIGMENT_AUDIT_API_KEY"),
+        import_api_key=_from_env("PIGMENT_IMPORT_API_KEY"),
+        import_configuration_id=_from_env(CONFIGURATION_VARIABLE),
+        **settings,
+    )
+
+
+def build_definitions() -> dg.Definitions:
+    """Assets, checks and resource for the environment's start date and zone."""
+    partitions_def = daily_partitions(os.environ.get(START_DATE_VARIABLE),
+                                      os.environ.get(TIMEZONE_VARIABLE) or "UTC")
+    assets = build_assets(partitions_def)
+    return dg.Definitions(assets=assets, resources={"pigment": build_resource()})
+
+
+defs = build_definitions()

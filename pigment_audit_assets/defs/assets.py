@@ -1,0 +1,101 @@
+"""The three daily assets: raw events → CSV → Pigment import. Each is a few lines over the core.
+
+All three take a single-run backfill policy: a range of days runs as one run, so the raw asset
+fetches the audit pages once for the whole range (see the README on backfills). Metadata is
+attached per day with ``add_asset_metadata(partition_key=...)``; the returned
+``MaterializeResult`` carries the run-wide figures and the checks, not a value: nothing goes
+through an IO manager.
+"""
+
+
+import dagster as dg
+
+from ..core.errors import PigmentAuditError
+from . import checks
+from .metadata import csv_day_metadata, import_day_metadata, raw_day_metadata, scan_metadata
+from .partitions import partition_days
+from .resources import PigmentResource
+
+GROUP = "pigment_audit"
+POOL = "pigment_api"  # limited to 1 in dagster.yaml: one process at a time spends the IP budget
+FORCE_REPUSH_TAG = "pigment_audit/force_full_repush"
+
+
+class ImportConfig(dg.Config):
+    """Run config of the import asset."""
+
+    force_full_repush: bool = False
+    """Push every event of the day again, even those already in Pigment."""
+
+
+def build_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """The three assets over ``partitions_def``."""
+    common = {"partitions_def": partitions_def, "group_name": GROUP,
+              "backfill_policy": dg.BackfillPolicy.single_run()}
+
+    @dg.asset(
+        **common, pool=POOL, kinds={"pigment", "json"}, check_specs=checks.RAW_CHECK_SPECS,
+        description="Every audit event that happened on the day (in the partitions' zone), "
+                    "once, exactly as Pigment's Audit API returned it: raw/<day>.jsonl. "
+                    "Events that cannot be placed go to rejected/<day>.rejected.jsonl.",
+    )
+    def raw_audit_events(context: dg.AssetExecutionContext,
+                         pigment: PigmentResource) -> dg.MaterializeResult:
+        days = partition_days(context)
+        scan = pigment.fetch_days(days, context.log)
+        for day, day_file in scan.days.items():
+            context.add_asset_metadata(raw_day_metadata(day_file), partition_key=day.isoformat())
+        return dg.MaterializeResult(
+            metadata=scan_metadata(scan),
+            check_results=[checks.check_raw_files(pigment.storage(), days, pigment.zone()),
+                           checks.check_rejected(scan.days.values())],
+        )
+
+    @dg.asset(
+        **common, deps=[raw_audit_events], kinds={"csv"}, check_specs=checks.CSV_CHECK_SPECS,
+        description="The day's events flattened like the community script (nested keys joined "
+                    "with _, list items by index), columns by density: csv/<day>.csv.",
+    )
+    def audit_events_csv(context: dg.AssetExecutionContext,
+                         pigment: PigmentResource) -> dg.MaterializeResult:
+        days = partition_days(context)
+        rows = 0
+        for day in days:
+            summary = pigment.write_day_csv(day)
+            rows += summary.rows
+            if summary.collisions:
+                context.log.warning(f"{day}: {summary.collisions} value(s) overwritten by keys "
+                                    f"that flatten to one column: {dict(summary.collided_columns)}")
+            context.add_asset_metadata(csv_day_metadata(summary), partition_key=day.isoformat())
+        return dg.MaterializeResult(
+            metadata={"rows_written": rows, "days": len(days)},
+            check_results=[checks.check_csv_rows(pigment.storage(), days)],
+        )
+
+    @dg.asset(
+        **common, deps=[audit_events_csv], pool=POOL, kinds={"pigment"},
+        check_specs=checks.IMPORT_CHECK_SPECS,
+        description="The day's CSV pushed into the Pigment import configuration, each event "
+                    "once; import ids and Pigment's reports in imports/<day>.json.",
+    )
+    def audit_events_import(context: dg.AssetExecutionContext, config: ImportConfig,
+                            pigment: PigmentResource) -> dg.MaterializeResult:
+        force = config.force_full_repush or context.run.tags.get(FORCE_REPUSH_TAG) == "true"
+        outcomes, failures = [], []
+        for day in partition_days(context):
+            try:
+                outcome = pigment.push_day(day, context.log, force=force)
+            except PigmentAuditError as error:
+                failures.append(str(error))  # go on: other days still get pushed and recorded
+                continue
+            outcomes.append(outcome)
+            context.add_asset_metadata(import_day_metadata(outcome), partition_key=day.isoformat())
+        if failures:
+            raise dg.Failure(description="\n".join(failures))
+        return dg.MaterializeResult(
+            metadata={"rows_pushed": sum(outcome.rows_pushed for outcome in outcomes),
+                      "imports": sum(len(outcome.import_ids) for outcome in outcomes)},
+            check_results=[checks.check_import_reports(outcomes)],
+        )
+
+    return [raw_audit_events, audit_events_csv, audit_events_import]

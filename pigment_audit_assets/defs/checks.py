@@ -1,0 +1,121 @@
+"""Asset checks: each reads the files again on its own, so a bug in writing them shows.
+
+Blocking checks stop a bad file from flowing on to the next asset in the same run; the
+rejected-events check only warns, so good events still flow.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from datetime import date
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import orjson
+
+from ..core.collect import DayFile, classify
+from ..core.imports import ImportOutcome
+from ..core.storage import Storage
+
+RAW_IDS_AND_DAYS = "event_ids_unique_and_in_day"
+RAW_REJECTED = "no_rejected_events"
+CSV_ROWS = "one_csv_row_per_event"
+IMPORT_REPORTS = "import_reports_cover_rows"
+
+RAW_CHECK_SPECS = [
+    dg.AssetCheckSpec(RAW_IDS_AND_DAYS, asset="raw_audit_events", blocking=True,
+                      description="Every event id appears once, and every event happened on "
+                                  "its file's day (in the partitions' zone)."),
+    dg.AssetCheckSpec(RAW_REJECTED, asset="raw_audit_events",
+                      description="Warns when some events could not be placed in a day (no "
+                                  "id, no parseable eventTimestamp, not an object)."),
+]
+CSV_CHECK_SPECS = [
+    dg.AssetCheckSpec(CSV_ROWS, asset="audit_events_csv", blocking=True,
+                      description="The CSV holds exactly one row per raw event."),
+]
+IMPORT_CHECK_SPECS = [
+    dg.AssetCheckSpec(IMPORT_REPORTS, asset="audit_events_import", blocking=True,
+                      description="Pigment's report of every import of the run accounts for "
+                                  "every row pushed: inserted + updated + skipped = rows."),
+]
+
+
+def check_raw_files(storage: Storage, days: Iterable[date], zone: ZoneInfo) -> dg.AssetCheckResult:
+    """Ids unique within each raw file, and every event on its file's day."""
+    problems: list[str] = []
+    checked = 0
+    for day in days:
+        seen: set[str] = set()
+        with open(storage.raw_path(day), "rb") as raw:
+            for number, line in enumerate(raw, start=1):
+                checked += 1
+                placed = classify(orjson.loads(line), zone)
+                if isinstance(placed, str):
+                    problems.append(f"{day} line {number}: {placed}")
+                    continue
+                event_id, event_day, _ = placed
+                if event_id in seen:
+                    problems.append(f"{day} line {number}: id {event_id} repeated")
+                if event_day != day:
+                    problems.append(f"{day} line {number}: event of {event_day}")
+                seen.add(event_id)
+    return dg.AssetCheckResult(
+        check_name=RAW_IDS_AND_DAYS, passed=not problems,
+        metadata={"events_checked": checked, "problems": len(problems),
+                  "first_problems": "\n".join(problems[:20]) or "none"},
+    )
+
+
+def check_rejected(day_files: Iterable[DayFile]) -> dg.AssetCheckResult:
+    """A warning listing the days with rejected events and where they are."""
+    rejected = {str(day.day): day.rejected for day in day_files if day.rejected}
+    paths = [str(day.rejected_path) for day in day_files if day.rejected]
+    return dg.AssetCheckResult(
+        check_name=RAW_REJECTED, passed=not rejected, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"rejected_by_day": rejected, "files": "\n".join(paths) or "none"},
+    )
+
+
+def _raw_events(storage: Storage, day: date) -> int:
+    with open(storage.raw_path(day), "rb") as raw:
+        return sum(1 for line in raw if line.strip())
+
+
+def _csv_rows(storage: Storage, day: date) -> int:
+    with open(storage.csv_path(day), newline="", encoding="utf-8") as handle:
+        return max(0, sum(1 for _ in csv.reader(handle)) - 1)  # minus the header
+
+
+def check_csv_rows(storage: Storage, days: Iterable[date]) -> dg.AssetCheckResult:
+    """The CSV of each day has as many records as its raw file has events."""
+    mismatches = {}
+    for day in days:
+        events, rows = _raw_events(storage, day), _csv_rows(storage, day)
+        if events != rows:
+            mismatches[str(day)] = {"raw_events": events, "csv_rows": rows}
+    return dg.AssetCheckResult(check_name=CSV_ROWS, passed=not mismatches,
+                               metadata={"mismatches": mismatches})
+
+
+def check_import_reports(outcomes: Iterable[ImportOutcome]) -> dg.AssetCheckResult:
+    """Each import's inserted + updated + skipped equals the rows it carried."""
+    short: dict[str, dict[str, int]] = {}
+    imports = 0
+    for outcome in outcomes:
+        record = orjson.loads(outcome.record_path.read_bytes()) if outcome.record_path.exists() \
+            else {"imports": []}
+        rows_by_id = {entry["importId"]: entry["rows"] for entry in record["imports"]}
+        for import_id, report in outcome.reports.items():
+            imports += 1
+            accounted = sum(int(report.get(name) or 0)
+                            for name in ("insertedCount", "updatedCount", "skippedCount"))
+            if accounted != rows_by_id.get(import_id):
+                short[import_id] = {"rows_pushed": rows_by_id.get(import_id, -1),
+                                    "accounted_for": accounted}
+    return dg.AssetCheckResult(
+        check_name=IMPORT_REPORTS, passed=not short,
+        description=("imports whose report falls short: " + ", ".join(short)) if short else None,
+        metadata={"imports_checked": imports, "short": short},
+    )

@@ -1,0 +1,97 @@
+"""Turn the core's results into the metadata a user reads in the Dagster UI. No secrets here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from ..core.collect import DayFile, ScanResult
+from ..core.imports import ImportOutcome
+from ..core.table import CsvSummary
+
+PREVIEW_ROWS = 5
+
+
+def raw_day_metadata(day_file: DayFile) -> dict[str, Any]:
+    """One day's raw file."""
+    return {
+        "dagster/row_count": day_file.events,
+        "path": dg.MetadataValue.path(str(day_file.path)),
+        "bytes": day_file.bytes,
+        "events_by_type": dg.MetadataValue.json(dict(day_file.event_types.most_common())),
+        "first_event_at": day_file.first_event_at or "none",
+        "last_event_at": day_file.last_event_at or "none",
+        "changed": day_file.changed,
+        "events_added": day_file.added,
+        "events_kept_from_before": day_file.kept_from_before,
+        "rejected_events": day_file.rejected,
+        "rejected_path": str(day_file.rejected_path) if day_file.rejected_path else "none",
+        "empty_day": day_file.events == 0,
+    }
+
+
+def scan_metadata(scan: ScanResult) -> dict[str, Any]:
+    """The run's one scan, over all its days."""
+    return {
+        "api_requests": scan.audit_requests,
+        "pages": scan.pages,
+        "events_seen": scan.events_seen,
+        "duplicates_dropped": scan.duplicates,
+        "events_outside_days": scan.outside_range,
+        "rejected_events": scan.rejected,
+        "days": len(scan.days),
+        "days_changed": dg.MetadataValue.json(
+            [str(day) for day, day_file in sorted(scan.days.items()) if day_file.changed]),
+    }
+
+
+def csv_day_metadata(summary: CsvSummary) -> dict[str, Any]:
+    """One day's CSV, with a preview of its first rows (pandas reads what we wrote)."""
+    metadata: dict[str, Any] = {
+        "dagster/row_count": summary.rows,
+        "path": dg.MetadataValue.path(str(summary.path)),
+        "bytes": summary.bytes,
+        "columns": len(summary.columns),
+        "column_names": dg.MetadataValue.json(summary.columns),
+        "collisions": summary.collisions,
+        "collided_columns": dg.MetadataValue.json(dict(summary.collided_columns)),
+        "empty_day": summary.rows == 0,
+    }
+    if summary.rows:
+        preview = pd.read_csv(summary.path, nrows=PREVIEW_ROWS, dtype=str,
+                              keep_default_na=False, usecols=summary.columns[:8])
+        metadata["preview"] = dg.MetadataValue.md(_markdown_table(preview))
+    return metadata
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")[:60]
+
+    lines = ["| " + " | ".join(cell(name) for name in frame.columns) + " |",
+             "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |"
+              for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def import_day_metadata(outcome: ImportOutcome) -> dict[str, Any]:
+    """One day's push: import ids, rows, Pigment's report."""
+    return {
+        "import_ids": dg.MetadataValue.json(outcome.import_ids),
+        "chunks_pushed": outcome.chunks,
+        "rows_pushed": outcome.rows_pushed,
+        "events_already_in_pigment": outcome.already_pushed,
+        "nothing_to_push": outcome.chunks == 0,
+        "forced_full_repush": outcome.forced,
+        "inserted": outcome.totals["insertedCount"],
+        "updated": outcome.totals["updatedCount"],
+        "deleted": outcome.totals["deletedCount"],
+        "skipped": outcome.totals["skippedCount"],
+        "errors": dg.MetadataValue.json(
+            {import_id: report.get("errors", []) for import_id, report in outcome.reports.items()
+             if report.get("errors")}),
+        "import_record": dg.MetadataValue.path(str(outcome.record_path)),
+    }

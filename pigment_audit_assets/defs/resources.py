@@ -1,0 +1,135 @@
+"""``PigmentResource``: the one configurable resource behind every asset that calls Pigment."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+from pydantic import Field
+
+from ..core.chunks import chunk_size_bytes
+from ..core.client import (
+    AUDIT_KEY_VARIABLE,
+    IMPORT_KEY_VARIABLE,
+    Log,
+    PigmentClient,
+    RetryPolicy,
+    shared_pacer,
+)
+from ..core.collect import ScanResult, fetch_days
+from ..core.days import parse_zone
+from ..core.errors import ConfigError
+from ..core.imports import ImportOutcome, push_day
+from ..core.storage import DEFAULT_STORAGE_URL, Storage
+from ..core.table import CsvSummary, write_csv
+
+CONFIGURATION_VARIABLE = "PIGMENT_IMPORT_CONFIGURATION_ID"
+
+
+class PigmentResource(dg.ConfigurableResource):
+    """Pigment's APIs and the storage root, configured from the environment.
+
+    Keys arrive through ``dagster.EnvVar`` and are kept out of the repr, logs and metadata.
+    A missing or invalid setting fails at the start of the step that needs it, naming the
+    environment variable to set.
+    """
+
+    audit_api_key: str | None = Field(default=None, repr=False,
+                                      description=f"Audit Logs API key ({AUDIT_KEY_VARIABLE}).")
+    import_api_key: str | None = Field(default=None, repr=False,
+                                       description=f"Import API key ({IMPORT_KEY_VARIABLE}).")
+    import_configuration_id: str | None = Field(
+        default=None, description=f"Import configuration to push into ({CONFIGURATION_VARIABLE}).")
+    base_url: str = Field(default="https://pigment.app", description="API host (PIGMENT_BASE_URL).")
+    storage_url: str = Field(default=DEFAULT_STORAGE_URL,
+                             description="Local folder for files (PIGMENT_AUDIT_STORAGE_URL).")
+    timezone: str = Field(default="UTC",
+                          description="Zone of the daily partitions (PIGMENT_AUDIT_TIMEZONE).")
+    chunk_size_mb: float = Field(default=480.0, description="Largest push, in MiB.")
+    timeout_seconds: float = Field(default=60.0, description="Time-out of one HTTP request.")
+    retry_patience_seconds: float = Field(
+        default=420.0, description="How long to keep retrying 429/5xx/broken answers; the "
+        "default outlasts Pigment's 5-minute rate-limit window.")
+    requests_per_window: int = Field(default=500, description="Pace: requests per window.")
+    window_seconds: float = Field(default=300.0, description="Pace: the window, in seconds.")
+    import_poll_seconds: float = Field(default=5.0, description="Longest wait between polls.")
+    import_poll_timeout_seconds: float = Field(
+        default=1800.0, description="How long to wait for one import to finish.")
+
+    # --- validated settings ----------------------------------------------------------------
+
+    def zone(self) -> ZoneInfo:
+        """The partitions' zone."""
+        return parse_zone(self.timezone)
+
+    def storage(self) -> Storage:
+        """The storage root."""
+        return Storage.from_url(self.storage_url)
+
+    def chunk_bytes(self) -> int:
+        """The chunk size in bytes."""
+        return chunk_size_bytes(self.chunk_size_mb, "chunk_size_mb")
+
+    def configuration_id(self) -> str:
+        """The import configuration id, or a ConfigError naming its variable."""
+        if not self.import_configuration_id:
+            raise ConfigError(f"{CONFIGURATION_VARIABLE} is not set: the import asset needs "
+                              "the id of the Pigment import configuration to push into.")
+        return self.import_configuration_id
+
+    def client(self, log: Log, *, audit: bool = False, push: bool = False) -> PigmentClient:
+        """A client for this run; checks that the keys its calls need are there."""
+        parsed = urlparse(self.base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"PIGMENT_BASE_URL={self.base_url!r} is not an http(s) URL such "
+                              "as https://pigment.app.")
+        if audit and not self.audit_api_key:
+            raise ConfigError(f"{AUDIT_KEY_VARIABLE} is not set: the raw events asset needs an "
+                              "'Audit logs' API key (a Security Admin creates it).")
+        if push and not self.import_api_key:
+            raise ConfigError(f"{IMPORT_KEY_VARIABLE} is not set: the import asset needs an "
+                              "'Import or Export' API key (a Workspace Admin creates it).")
+        if self.retry_patience_seconds <= 0 or self.timeout_seconds <= 0:
+            raise ConfigError("retry_patience_seconds and timeout_seconds must be positive.")
+        return PigmentClient(
+            self.base_url, audit_key=self.audit_api_key, import_key=self.import_api_key,
+            timeout_seconds=self.timeout_seconds,
+            retry=RetryPolicy(patience_seconds=self.retry_patience_seconds),
+            pacer=shared_pacer(self.requests_per_window, self.window_seconds), log=log,
+        )
+
+    # --- the three steps --------------------------------------------------------------------
+
+    def fetch_days(self, days: list[date], log: Log) -> ScanResult:
+        """Scan the Audit API once and write the raw (and rejects) file of every day."""
+        storage, zone = self.storage(), self.zone()
+        client = self.client(log, audit=True)
+        try:
+            return fetch_days(client, days, zone, storage, now=datetime.now(timezone.utc), log=log)
+        finally:
+            client.close()
+
+    def write_day_csv(self, day: date) -> CsvSummary:
+        """Flatten a day's raw file into its CSV."""
+        storage = self.storage()
+        raw = storage.raw_path(day)
+        if not raw.exists():
+            raise ConfigError(f"{raw} does not exist: materialize the raw events of {day} first.")
+        return write_csv([raw], storage.csv_path(day))
+
+    def push_day(self, day: date, log: Log, *, force: bool = False) -> ImportOutcome:
+        """Push the day's not-yet-pushed events and wait for Pigment's reports."""
+        storage, configuration_id, chunk_bytes = (self.storage(), self.configuration_id(),
+                                                  self.chunk_bytes())
+        if not storage.csv_path(day).exists():
+            raise ConfigError(f"{storage.csv_path(day)} does not exist: materialize the CSV of "
+                              f"{day} first.")
+        client = self.client(log, push=True)
+        try:
+            return push_day(client, storage, day, configuration_id, chunk_bytes, force=force,
+                            poll_seconds=self.import_poll_seconds,
+                            poll_timeout_seconds=self.import_poll_timeout_seconds, log=log)
+        finally:
+            client.close()
