@@ -6,9 +6,15 @@ import os
 
 import dagster as dg
 
-from .defs.assets import build_assets
+from .defs.assets import GROUP, build_assets
 from .defs.partitions import START_DATE_VARIABLE, TIMEZONE_VARIABLE, daily_partitions
 from .defs.resources import CONFIGURATION_VARIABLE, PigmentResource
+from .defs.schedules import (
+    HOUR_VARIABLE,
+    LOOKBACK_VARIABLE,
+    build_daily_schedule,
+    schedule_settings,
+)
 
 
 def _from_env(variable: str) -> dg.EnvVar | None:
@@ -34,11 +40,18 @@ def build_resource() -> PigmentResource:
 
 
 def build_definitions() -> dg.Definitions:
-    """Assets, checks and resource for the environment's start date and zone."""
+    """Assets, checks, job, schedule and resource for the environment's settings."""
     partitions_def = daily_partitions(os.environ.get(START_DATE_VARIABLE),
                                       os.environ.get(TIMEZONE_VARIABLE) or "UTC")
     assets = build_assets(partitions_def)
-    return dg.Definitions(assets=assets, resources={"pigment": build_resource()})
+    job = dg.define_asset_job("pigment_audit_job", selection=dg.AssetSelection.groups(GROUP),
+                              partitions_def=partitions_def,
+                              description="Raw events, CSV and import of a day or a range.")
+    hour, lookback_days = schedule_settings(os.environ.get(HOUR_VARIABLE),
+                                            os.environ.get(LOOKBACK_VARIABLE))
+    schedule = build_daily_schedule(job, partitions_def, hour=hour, lookback_days=lookback_days)
+    return dg.Definitions(assets=assets, jobs=[job], schedules=[schedule],
+                          resources={"pigment": build_resource()})
 
 
 defs = build_definitions()

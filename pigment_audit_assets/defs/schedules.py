@@ -1,0 +1,89 @@
+"""The daily schedule: the last complete day, plus a look-back over the days before it.
+
+Pigment ingests some events hours or days late. Each morning's run therefore covers the range
+``[yesterday - lookback_days, yesterday]`` as one run (one audit scan): days whose events
+changed get their raw file and CSV replaced, and the import pushes only events not yet pushed.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from ..core.days import AUDIT_LOOKBACK, day_start, parse_zone
+from ..core.errors import ConfigError
+
+HOUR_VARIABLE = "PIGMENT_AUDIT_SCHEDULE_HOUR"
+LOOKBACK_VARIABLE = "PIGMENT_AUDIT_LOOKBACK_DAYS"
+DEFAULT_HOUR = 4
+DEFAULT_LOOKBACK_DAYS = 3
+
+
+def scheduled_days(run_at: datetime, first_partition: date, zone_name: str,
+                   lookback_days: int) -> tuple[date, date] | None:
+    """The range a run at ``run_at`` covers: the last complete day and up to N days before.
+
+    Clipped to the first partition and to what Pigment's 180-day lookback still reaches;
+    None when no complete day exists yet.
+    """
+    zone = parse_zone(zone_name)
+    local = run_at.astimezone(zone)
+    last = local.date() - timedelta(days=1)
+    if last < first_partition:
+        return None
+    first = max(first_partition, last - timedelta(days=lookback_days))
+    while day_start(first, zone) < run_at - AUDIT_LOOKBACK:
+        first += timedelta(days=1)
+    return first, last
+
+
+def _int_setting(raw: str | None, variable: str, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(f"{variable}={raw!r} must be a whole number from {low} to {high}.")
+    return value
+
+
+def schedule_settings(hour: str | None, lookback: str | None) -> tuple[int, int]:
+    """Validated ``(hour, lookback_days)`` from their environment variables' values."""
+    return (_int_setting(hour, HOUR_VARIABLE, DEFAULT_HOUR, 0, 23),
+            _int_setting(lookback, LOOKBACK_VARIABLE, DEFAULT_LOOKBACK_DAYS, 0, 30))
+
+
+def build_daily_schedule(job: dg.UnresolvedAssetJobDefinition,
+                         partitions_def: dg.TimeWindowPartitionsDefinition, *,
+                         hour: int = DEFAULT_HOUR,
+                         lookback_days: int = DEFAULT_LOOKBACK_DAYS) -> dg.ScheduleDefinition:
+    """A schedule running ``job`` daily at ``hour`` in the partitions' zone."""
+    zone_name = partitions_def.timezone
+    first_partition = partitions_def.start.date()
+
+    @dg.schedule(
+        name="pigment_audit_daily", job=job, cron_schedule=f"0 {hour} * * *",
+        execution_timezone=zone_name, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"At {hour:02d}:00 ({zone_name}): yesterday, and the {lookback_days} days "
+                    "before it for late events, in one run.",
+    )
+    def pigment_audit_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        run_at = context.scheduled_execution_time
+        days = scheduled_days(run_at, first_partition, zone_name, lookback_days)
+        if days is None:
+            return dg.SkipReason("No complete day after the first partition yet.")
+        first, last = days
+        return dg.RunRequest(
+            run_key=last.isoformat(),
+            tags={ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
+                  ASSET_PARTITION_RANGE_END_TAG: last.isoformat()},
+        )
+
+    return pigment_audit_daily

@@ -1,0 +1,61 @@
+"""Shared fixtures: a running Pigment stand-in, a storage root, a configured resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pigment_audit_assets.core.client import PigmentClient, RequestPacer, RetryPolicy
+from pigment_audit_assets_tests.stand_in import PigmentStandIn
+
+AUDIT_KEY = "test-audit-key-5f1c9e"
+IMPORT_KEY = "test-import-key-8a27d4"
+CONFIGURATION_ID = "00000000-0000-4000-8000-000000000001"
+# Days relative to today, so the 180-day lookback never ages the tests out.
+TODAY = datetime.now(timezone.utc).date()
+DAY = TODAY - timedelta(days=10)
+STAND_IN_NOW = datetime.combine(TODAY - timedelta(days=2), time(12), tzinfo=timezone.utc)
+log = logging.getLogger("pigment_audit_tests")
+
+
+def days_before(day: date, count: int) -> list[date]:
+    """``count`` consecutive days ending with ``day``."""
+    return [day - timedelta(days=offset) for offset in range(count - 1, -1, -1)]
+
+
+@pytest.fixture
+def stand_in() -> Iterator[PigmentStandIn]:
+    """A stand-in with small pages (so scans span many), its clock two days before today."""
+    with PigmentStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY,
+                        configuration_ids=(CONFIGURATION_ID,), page_size=100,
+                        now=STAND_IN_NOW) as server:
+        yield server
+
+
+def make_client(stand_in: PigmentStandIn, **overrides: Any) -> PigmentClient:
+    """A client of the stand-in with short patience and its own pacer."""
+    settings: dict[str, Any] = {
+        "audit_key": AUDIT_KEY, "import_key": IMPORT_KEY, "timeout_seconds": 5.0,
+        "retry": RetryPolicy(patience_seconds=20, min_backoff_seconds=0.01,
+                             max_backoff_seconds=0.2),
+        "pacer": RequestPacer(10_000, 1.0), "log": log,
+    }
+    settings.update(overrides)
+    return PigmentClient(stand_in.base_url, **settings)
+
+
+def resource_settings(stand_in: PigmentStandIn, root: Path, **overrides: Any) -> dict[str, Any]:
+    """PigmentResource fields for the stand-in and a storage root (small chunks, fast polls)."""
+    settings: dict[str, Any] = {
+        "audit_api_key": AUDIT_KEY, "import_api_key": IMPORT_KEY,
+        "import_configuration_id": CONFIGURATION_ID, "base_url": stand_in.base_url,
+        "storage_url": str(root), "chunk_size_mb": 0.05, "import_poll_seconds": 0.05,
+        "retry_patience_seconds": 30.0, "timeout_seconds": 5.0,
+    }
+    settings.update(overrides)
+    return settings

@@ -1,0 +1,157 @@
+"""The client and the scan against the stand-in: exact days whatever the page order."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pigment_audit_assets.core.collect import fetch_days
+from pigment_audit_assets.core.days import parse_zone
+from pigment_audit_assets.core.errors import LookbackError, PigmentApiError
+from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets_tests.conftest import (
+    AUDIT_KEY,
+    DAY,
+    IMPORT_KEY,
+    STAND_IN_NOW,
+    days_before,
+    make_client,
+)
+from pigment_audit_assets_tests.stand_in import PigmentStandIn
+from pigment_audit_assets_tests.synthetic import synthetic_events
+
+log = logging.getLogger(__name__)
+
+
+def load_ids(path: Path) -> list[str]:
+    return [orjson.loads(line)["id"] for line in path.read_bytes().splitlines()]
+
+
+def fill(stand_in: PigmentStandIn, days: list[date], count: int, tz: str = "UTC") -> None:
+    for day in days:
+        stand_in.add_events(synthetic_events(day, count, tz=tz, seed=day.toordinal()))
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+def test_each_day_holds_exactly_its_events(order: str, tmp_path: Path) -> None:
+    neighbours = days_before(DAY + timedelta(days=1), 4)  # DAY-2 .. DAY+1
+    with PigmentStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY, page_size=50, order=order,
+                        now=STAND_IN_NOW) as stand_in:
+        fill(stand_in, neighbours, 120)
+        storage = Storage(tmp_path)
+        wanted = [DAY - timedelta(days=1), DAY]
+        scan = fetch_days(make_client(stand_in), wanted, parse_zone("UTC"), storage,
+                          now=STAND_IN_NOW, log=log)
+        for day in wanted:
+            truth = sorted(event["id"] for event in stand_in.visible_events(event_day=day))
+            ids = load_ids(storage.raw_path(day))
+            assert sorted(ids) == truth and len(ids) == 120
+            assert scan.days[day].events == 120
+        # The day after (and the day before's late stragglers) were seen, not written.
+        assert scan.outside_range == scan.events_seen - 240 >= 120
+        assert not storage.raw_path(DAY + timedelta(days=1)).exists()
+        # One scan: exactly the pages holding the events ingested since the first day.
+        ingested = sum(1 for event in stand_in.visible_events()
+                       if event["ingestionTimestamp"] >= (DAY - timedelta(days=1)).isoformat())
+        assert stand_in.request_counts["audit"] == scan.pages == -(-ingested // 50)
+
+
+def test_days_follow_the_configured_zone(stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    tz = "Asia/Kolkata"
+    fill(stand_in, days_before(DAY + timedelta(days=1), 3), 80, tz=tz)
+    storage = Storage(tmp_path)
+    fetch_days(make_client(stand_in), [DAY], parse_zone(tz), storage, now=STAND_IN_NOW,
+               log=log)
+    truth = sorted(event["id"] for event in stand_in.visible_events(event_day=DAY, tz=tz))
+    assert sorted(load_ids(storage.raw_path(DAY))) == truth
+
+
+def test_duplicates_across_pages_are_written_once(stand_in: PigmentStandIn,
+                                                  tmp_path: Path) -> None:
+    events = synthetic_events(DAY, 250, seed=1)
+    stand_in.add_events(events)
+    stand_in.add_events(events[:120])  # served twice, on other pages
+    storage = Storage(tmp_path)
+    scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                      now=STAND_IN_NOW, log=log)
+    ids = load_ids(storage.raw_path(DAY))
+    assert len(ids) == len(set(ids)) == 250
+    assert scan.duplicates == 120
+    # Sorted by event time, then id: a re-run writes the same bytes.
+    first = storage.raw_path(DAY).read_bytes()
+    times = [orjson.loads(line)["eventTimestamp"] for line in first.splitlines()]
+    assert times == sorted(times)
+    fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage, now=STAND_IN_NOW,
+               log=log)
+    assert storage.raw_path(DAY).read_bytes() == first
+
+
+def test_raw_lines_are_the_api_events_unchanged(stand_in: PigmentStandIn,
+                                                tmp_path: Path) -> None:
+    events = synthetic_events(DAY, 60, seed=4)
+    stand_in.add_events(events)
+    storage = Storage(tmp_path)
+    fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage, now=STAND_IN_NOW,
+               log=log)
+    stored = {event["id"]: event
+              for event in map(orjson.loads, storage.raw_path(DAY).read_bytes().splitlines())}
+    assert stored == {event["id"]: event for event in events}
+
+
+def test_an_empty_day_gives_an_empty_file(stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    fill(stand_in, [DAY - timedelta(days=1), DAY + timedelta(days=1)], 30)
+    storage = Storage(tmp_path)
+    scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                      now=STAND_IN_NOW, log=log)
+    assert storage.raw_path(DAY).read_bytes() == b""
+    assert scan.days[DAY].events == 0
+
+
+def test_a_cursor_on_the_last_page_still_ends_the_scan(tmp_path: Path) -> None:
+    with PigmentStandIn(audit_key=AUDIT_KEY, page_size=40, cursor_on_last_page=True,
+                        now=STAND_IN_NOW) as stand_in:
+        fill(stand_in, [DAY], 100)
+        storage = Storage(tmp_path)
+        fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                   now=STAND_IN_NOW, log=log)
+        assert len(load_ids(storage.raw_path(DAY))) == 100
+
+
+def test_events_stored_earlier_are_kept(stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    earlier = synthetic_events(DAY, 5, seed=77, id_prefix="old-")
+    storage.raw_path(DAY).parent.mkdir(parents=True)
+    storage.raw_path(DAY).write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in earlier))
+    fill(stand_in, [DAY], 40)
+    scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                      now=STAND_IN_NOW, log=log)
+    ids = set(load_ids(storage.raw_path(DAY)))
+    assert {event["id"] for event in earlier} <= ids and len(ids) == 45
+    assert (scan.days[DAY].kept_from_before, scan.days[DAY].added) == (5, 40)
+
+
+def test_lookback_guard_fails_before_any_request(stand_in: PigmentStandIn,
+                                                 tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    old_day = (datetime.now(timezone.utc) - timedelta(days=200)).date()
+    storage.raw_path(old_day).parent.mkdir(parents=True)
+    storage.raw_path(old_day).write_bytes(b'{"id": "kept"}\n')
+    with pytest.raises(LookbackError, match="180 days"):
+        fetch_days(make_client(stand_in), [old_day], parse_zone("UTC"), storage,
+                   now=datetime.now(timezone.utc), log=log)
+    assert stand_in.request_counts["audit"] == 0
+    assert storage.raw_path(old_day).read_bytes() == b'{"id": "kept"}\n'
+
+
+def test_wrong_key_fails_at_once_naming_the_variable(stand_in: PigmentStandIn,
+                                                     tmp_path: Path) -> None:
+    client = make_client(stand_in, audit_key="not-the-key-123")
+    with pytest.raises(PigmentApiError, match="PIGMENT_AUDIT_API_KEY.*Security Admin") as error:
+        fetch_days(client, [DAY], parse_zone("UTC"), Storage(tmp_path), now=STAND_IN_NOW,
+                   log=log)
+    assert "not-the-key-123" not in str(error.value) and "not-the-key-123" not in repr(client)
+    assert stand_in.request_counts["audit"] == 1

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Set up and start the demo: the Dagster UI against a local Pigment stand-in.
+
+Usage: ``python3 scripts/demo.py`` from the repository root, on a machine with only Python 3.10+.
+
+1. Creates ``.venv`` (once) and installs the project into it with ``pip install -e ".[dev]"``.
+2. Starts the project's Pigment stand-in on 127.0.0.1, serving synthetic audit events for the
+   last 14 days (no Pigment account, no credentials).
+3. Starts ``dagster dev`` on this project with ``DAGSTER_HOME=.demo/dagster_home`` (holding this
+   repository's ``dagster.yaml``) and the environment pointed at the stand-in; files are
+   written under ``.demo/data``. Open http://127.0.0.1:3000 and materialize a day.
+
+Ctrl-C stops both. ``--smoke`` starts everything, waits until the UI answers, then stops: what
+CI runs to prove the command works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import date, timedelta
+from pathlib import Path
+
+from bootstrap import ROOT, ensure_installed
+
+DEMO = ROOT / ".demo"
+CONFIGURATION_ID = "00000000-0000-4000-8000-000000000001"
+DEMO_DAYS = 14
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_stand_in(python: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start the stand-in and wait for its ready line."""
+    process = subprocess.Popen(
+        [str(python), "-m", "pigment_audit_assets_tests.stand_in", "--port", str(port),
+         "--days", str(DEMO_DAYS), "--events-per-day", "2000", "--late-fraction", "0.02",
+         "--audit-key", env["PIGMENT_AUDIT_API_KEY"], "--import-key",
+         env["PIGMENT_IMPORT_API_KEY"], "--configuration-id", CONFIGURATION_ID],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "ready" not in line:
+        process.kill()
+        raise SystemExit(f"The Pigment stand-in did not start: {line!r}")
+    print(line.strip(), flush=True)
+    return process
+
+
+def wait_for_ui(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll the webserver until it answers, or fail if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"dagster dev exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/server_info", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)  # the webserver is still starting
+    raise SystemExit(f"The Dagster UI did not answer at {url} within {timeout:.0f} s")
+
+
+def main() -> int:
+    """Set up, then run the stand-in and dagster dev until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (3000)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="start, wait for the UI to answer, then stop")
+    args = parser.parse_args()
+    python = ensure_installed()
+    dagster_home = DEMO / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "PIGMENT_AUDIT_API_KEY": "demo-audit-key",
+        "PIGMENT_IMPORT_API_KEY": "demo-import-key",
+        "PIGMENT_IMPORT_CONFIGURATION_ID": CONFIGURATION_ID,
+        "PIGMENT_AUDIT_STORAGE_URL": str(DEMO / "data"),
+        "PIGMENT_AUDIT_START_DATE": (date.today() - timedelta(days=DEMO_DAYS)).isoformat(),
+        "PIGMENT_AUDIT_TIMEZONE": "UTC",
+    }
+    stand_in_port = free_port()
+    env["PIGMENT_BASE_URL"] = f"http://127.0.0.1:{stand_in_port}"
+    stand_in = start_stand_in(python, stand_in_port, env)
+    dagster = subprocess.Popen(
+        [str(python), "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+         "-p", str(args.port)], cwd=ROOT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        wait_for_ui(url, dagster, timeout=180)
+        print(f"\nDagster UI: {url}  (Pigment stand-in at {env['PIGMENT_BASE_URL']}, files "
+              f"in {DEMO / 'data'}). Ctrl-C to stop.\n", flush=True)
+        if args.smoke:
+            return 0
+        dagster.wait()
+        return dagster.returncode
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if dagster.poll() is None:
+            os.killpg(dagster.pid, signal.SIGTERM)
+            try:
+                dagster.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(dagster.pid, signal.SIGKILL)
+        stand_in.terminate()
+        stand_in.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
