@@ -45,7 +45,6 @@ def build_definitions() -> dg.Definitions:
                                       os.environ.get(TIMEZONE_VARIABLE) or "UTC")
     assets = build_assets(partitions_def)
     job = dg.define_asset_job("pigment_audit_job", selection=dg.AssetSelection.groups(GROUP),
-                              partitions_def=partitions_def,
                               description="Raw events, CSV and import of a day or a range.")
     hour, lookback_days = schedule_settings(os.environ.get(HOUR_VARIABLE),
                                             os.environ.get(LOOKBACK_VARIABLE))
