@@ -35,13 +35,21 @@ from tenacity import (
 )
 
 from .days import format_ingested_since
-from .errors import ConfigError, ImportFailedError, PigmentApiError, PigmentUnavailableError
+from .errors import (
+    ConfigError,
+    ImportFailedError,
+    PigmentApiError,
+    PigmentUnavailableError,
+    PushAnswerLostError,
+)
 
 AUDIT_PATH = "/api/audit/v1/events"
 PUSH_PATH = "/api/v1/import/push/csv"
 STATUS_PATH = "/api/v1/import/{import_id}/status"
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 FINAL_IMPORT_STATUSES = frozenset({"Completed", "Failed"})
+_BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+           requests.exceptions.ContentDecodingError)
 
 AUDIT_KEY_VARIABLE = "PIGMENT_AUDIT_API_KEY"
 IMPORT_KEY_VARIABLE = "PIGMENT_IMPORT_API_KEY"
@@ -266,24 +274,39 @@ class PigmentClient:
             self.request_counts[kind] += 1
             handle = body() if body else None
             try:
+                # Streamed, so the status is known even when the body is then cut short.
                 response = self._session.request(
                     method, url, params=params, data=handle, headers=request_headers,
                     timeout=(min(10.0, self.timeout_seconds), self.timeout_seconds),
+                    stream=True,
                 )
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError,
-                    requests.exceptions.ContentDecodingError) as error:
+            except _BROKEN as error:
                 raise _Retryable(f"{type(error).__name__} from {method} {path}") from None
             finally:
                 if handle is not None:
                     handle.close()
+            try:
+                content = response.content
+            except _BROKEN as error:
+                if kind == "push" and response.status_code == 200:
+                    # "Import started": Pigment has the rows; a retry would import them twice.
+                    raise PushAnswerLostError(
+                        f"Pigment answered 200 (import started) to the push into {context}, "
+                        f"but the answer was cut off ({type(error).__name__}) before its "
+                        "importId: the chunk is recorded as pushed, not pushed again; check "
+                        "the import in Pigment's import history."
+                    ) from None
+                raise _Retryable(f"a body cut short ({type(error).__name__}) from {method} "
+                                 f"{path}") from None
+            finally:
+                response.close()
             if response.status_code in RETRYABLE_STATUSES:
                 raise _Retryable(f"HTTP {response.status_code} from {method} {path}",
                                  _retry_after_seconds(response.headers.get("Retry-After")))
             if response.status_code >= 400:
                 raise self._api_error(kind, key_kind, response, context)
             try:
-                return orjson.loads(response.content)
+                return orjson.loads(content)
             except orjson.JSONDecodeError:
                 raise _Retryable(f"a body that is not JSON from {method} {path}") from None
 

@@ -27,3 +27,10 @@ class LookbackError(PigmentAuditError):
 
 class ImportFailedError(PigmentAuditError):
     """Pigment reported a pushed import as Failed, or it did not finish in time."""
+
+
+class PushAnswerLostError(PigmentAuditError):
+    """Pigment answered 200 ("Import started") to a push, but the body with the id was cut.
+
+    The import exists in Pigment, so pushing the chunk again would import its rows twice.
+    """

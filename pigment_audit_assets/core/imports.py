@@ -6,9 +6,14 @@ rewritten (atomically) as soon as a chunk is accepted, so after a crash the next
 the events no accepted chunk carried, and first follows any import whose outcome it never saw.
 Events of a Failed import count as not pushed: the next run pushes them again.
 
-One gap no client can close: if Pigment accepts a push but the answer is lost (connection cut
-after the request was processed), the retry pushes that chunk again. Pigment lists keyed on the
-event id absorb that as an update, not a second row; the record shows both import ids.
+When Pigment answers 200 ("Import started") but the body carrying the import id is cut short,
+the import exists: the chunk is recorded as accepted with status ``AnswerLost`` and no import
+id, never pushed again, and reported (the import check warns that its report cannot be read).
+
+One gap no client can close: if the connection breaks before any status line arrives (a reset
+or a time-out after Pigment processed the request), nothing tells the client the import
+started, so the retry pushes that chunk again. Pigment lists keyed on the event id absorb that
+as an update, not a second row; the record then shows both import ids.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import orjson
 
 from .chunks import write_chunks
 from .client import FINAL_IMPORT_STATUSES, Log, PigmentClient
-from .errors import ImportFailedError
+from .errors import ImportFailedError, PushAnswerLostError
 from .storage import Storage, atomic_write
 
 REPORT_COUNTS = ("insertedCount", "updatedCount", "deletedCount", "skippedCount")
+ANSWER_LOST = "AnswerLost"  # Pigment answered 200 to the push, the import id was cut off
 
 
 @dataclass
@@ -45,6 +51,7 @@ class ImportOutcome:
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REPORT_COUNTS, 0))
     failed: list[str] = field(default_factory=list)
     forced: bool = False
+    answer_lost: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_record(path: Path, day: date) -> dict[str, Any]:
@@ -105,16 +112,25 @@ def push_day(
         chunks = write_chunks(storage.csv_path(day), chunk_bytes, work, skip_ids=skip)
         outcome.already_pushed = len(skip)
         for chunk in chunks:
-            import_id = client.push_csv(configuration_id, chunk.path)
-            record["imports"].append({
+            import_id: str | None
+            try:
+                import_id, status = client.push_csv(configuration_id, chunk.path), "Pushed"
+            except PushAnswerLostError as error:
+                import_id, status = None, ANSWER_LOST
+                log.warning(f"{day}: chunk {chunk.index}/{len(chunks)}: {error}")
+            entry = {
                 "importId": import_id, "configurationId": configuration_id, "chunk": chunk.index,
                 "rows": chunk.rows, "bytes": chunk.bytes,
-                "pushedAt": datetime.now(timezone.utc).isoformat(), "status": "Pushed",
+                "pushedAt": datetime.now(timezone.utc).isoformat(), "status": status,
                 "forced": force, "eventIds": chunk.event_ids,
-            })
+            }
+            record["imports"].append(entry)
             save_record(record_path, record)  # before anything else: never push it twice
             outcome.chunks += 1
             outcome.rows_pushed += chunk.rows
+            if import_id is None:
+                outcome.answer_lost.append(_lost_summary(day, entry))
+                continue
             outcome.import_ids.append(import_id)
             log.info(f"{day}: chunk {chunk.index}/{len(chunks)} pushed ({chunk.rows:,} rows, "
                      f"{chunk.bytes:,} bytes) as import {import_id}.")
@@ -145,6 +161,8 @@ def _follow_open_imports(client: PigmentClient, record: dict[str, Any], record_p
         if entry["configurationId"] != configuration_id:
             continue
         import_id = entry["importId"]
+        if import_id is None:  # its answer was lost: no id to follow
+            continue
         if entry.get("status") not in FINAL_IMPORT_STATUSES:
             status = client.wait_for_import(import_id, poll_seconds=poll_seconds,
                                             timeout_seconds=poll_timeout_seconds)
@@ -163,3 +181,8 @@ def _follow_open_imports(client: PigmentClient, record: dict[str, Any], record_p
             outcome.reports[import_id] = report
             for name in REPORT_COUNTS:
                 outcome.totals[name] += int(report.get(name) or 0)
+
+
+def _lost_summary(day: date, entry: dict[str, Any]) -> dict[str, Any]:
+    return {"day": day.isoformat(), "chunk": entry["chunk"], "rows": entry["rows"],
+            "pushedAt": entry["pushedAt"]}

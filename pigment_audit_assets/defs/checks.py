@@ -51,7 +51,10 @@ def check_raw_files(storage: Storage, days: Iterable[date], zone: ZoneInfo) -> d
         with open(storage.raw_path(day), "rb") as raw:
             for number, line in enumerate(raw, start=1):
                 checked += 1
-                placed = classify(orjson.loads(line), zone)
+                try:
+                    placed = classify(orjson.loads(line), zone)
+                except orjson.JSONDecodeError:
+                    placed = "not JSON"
                 if isinstance(placed, str):
                     problems.append(f"{day} line {number}: {placed}")
                     continue
@@ -78,32 +81,57 @@ def check_rejected(day_files: Iterable[DayFile]) -> dg.AssetCheckResult:
     )
 
 
-def _raw_events(storage: Storage, day: date) -> int:
+def _raw_ids(storage: Storage, day: date) -> list[str]:
+    ids = []
     with open(storage.raw_path(day), "rb") as raw:
-        return sum(1 for line in raw if line.strip())
+        for line in raw:
+            if line.strip():
+                try:
+                    item = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    item = None
+                ids.append(str(item.get("id")) if isinstance(item, dict) else "")
+    return ids
 
 
-def _csv_rows(storage: Storage, day: date) -> int:
+def _csv_ids(storage: Storage, day: date) -> list[str]:
     with open(storage.csv_path(day), newline="", encoding="utf-8") as handle:
-        return max(0, sum(1 for _ in csv.reader(handle)) - 1)  # minus the header
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return []
+        index = header.index("id") if "id" in header else None
+        return [row[index] if index is not None and index < len(row) else "" for row in reader]
 
 
 def check_csv_rows(storage: Storage, days: Iterable[date]) -> dg.AssetCheckResult:
-    """The CSV of each day has as many records as its raw file has events."""
+    """The CSV of each day has one record per raw event: same count, same ids, same order."""
     mismatches = {}
     for day in days:
-        events, rows = _raw_events(storage, day), _csv_rows(storage, day)
-        if events != rows:
-            mismatches[str(day)] = {"raw_events": events, "csv_rows": rows}
-    return dg.AssetCheckResult(check_name=CSV_ROWS, passed=not mismatches,
-                               metadata={"mismatches": mismatches})
+        ids, rows = _raw_ids(storage, day), _csv_ids(storage, day)
+        if ids != rows:
+            missing, extra = sorted(set(ids) - set(rows)), sorted(set(rows) - set(ids))
+            mismatches[str(day)] = {"raw_events": len(ids), "csv_rows": len(rows),
+                                    "ids_missing_from_csv": missing[:10],
+                                    "ids_not_in_raw": extra[:10]}
+    return dg.AssetCheckResult(
+        check_name=CSV_ROWS, passed=not mismatches,
+        description=("CSV and raw file differ on " + ", ".join(mismatches)) if mismatches
+        else None,
+        metadata={"mismatches": mismatches})
 
 
 def check_import_reports(outcomes: Iterable[ImportOutcome]) -> dg.AssetCheckResult:
-    """Each import's inserted + updated + skipped equals the rows it carried."""
+    """Each import's inserted + updated + skipped equals the rows it carried.
+
+    A push whose answer was cut off after Pigment's 200 has no import id, so no report to
+    read: it is listed, and the check warns (severity WARN) unless an import fell short.
+    """
     short: dict[str, dict[str, int]] = {}
+    lost: list[dict[str, object]] = []
     imports = 0
     for outcome in outcomes:
+        lost.extend(outcome.answer_lost)
         record = orjson.loads(outcome.record_path.read_bytes()) if outcome.record_path.exists() \
             else {"imports": []}
         rows_by_id = {entry["importId"]: entry["rows"] for entry in record["imports"]}
@@ -114,8 +142,18 @@ def check_import_reports(outcomes: Iterable[ImportOutcome]) -> dg.AssetCheckResu
             if accounted != rows_by_id.get(import_id):
                 short[import_id] = {"rows_pushed": rows_by_id.get(import_id, -1),
                                     "accounted_for": accounted}
+    problems = []
+    if short:
+        problems.append("imports whose report falls short: " + ", ".join(short))
+    if lost:
+        problems.append("pushes accepted (HTTP 200) whose import id was cut off, so their "
+                        "report cannot be read; check them in Pigment: " + ", ".join(
+                            f"{item['day']} chunk {item['chunk']} ({item['rows']} rows)"
+                            for item in lost))
     return dg.AssetCheckResult(
-        check_name=IMPORT_REPORTS, passed=not short,
-        description=("imports whose report falls short: " + ", ".join(short)) if short else None,
-        metadata={"imports_checked": imports, "short": short},
+        check_name=IMPORT_REPORTS, passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR if short else dg.AssetCheckSeverity.WARN,
+        description="; ".join(problems) or None,
+        metadata={"imports_checked": imports, "short": short,
+                  "answers_lost": dg.MetadataValue.json(lost)},
     )

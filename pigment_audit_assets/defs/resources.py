@@ -52,6 +52,10 @@ class PigmentResource(dg.ConfigurableResource):
     retry_patience_seconds: float = Field(
         default=420.0, description="How long to keep retrying 429/5xx/broken answers; the "
         "default outlasts Pigment's 5-minute rate-limit window.")
+    retry_min_backoff_seconds: float = Field(
+        default=1.0, description="First back-off without Retry-After; doubles, with jitter.")
+    retry_max_backoff_seconds: float = Field(
+        default=120.0, description="Longest back-off between two attempts without Retry-After.")
     requests_per_window: int = Field(default=500, description="Pace: requests per window.")
     window_seconds: float = Field(default=300.0, description="Pace: the window, in seconds.")
     import_poll_seconds: float = Field(default=5.0, description="Longest wait between polls.")
@@ -91,12 +95,20 @@ class PigmentResource(dg.ConfigurableResource):
         if push and not self.import_api_key:
             raise ConfigError(f"{IMPORT_KEY_VARIABLE} is not set: the import asset needs an "
                               "'Import or Export' API key (a Workspace Admin creates it).")
-        if self.retry_patience_seconds <= 0 or self.timeout_seconds <= 0:
-            raise ConfigError("retry_patience_seconds and timeout_seconds must be positive.")
+        for name in ("retry_patience_seconds", "timeout_seconds", "retry_min_backoff_seconds",
+                     "retry_max_backoff_seconds", "window_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, not "
+                                  f"{getattr(self, name)!r}.")
+        if self.requests_per_window < 1:
+            raise ConfigError(f"requests_per_window must be at least 1, not "
+                              f"{self.requests_per_window!r}.")
         return PigmentClient(
             self.base_url, audit_key=self.audit_api_key, import_key=self.import_api_key,
             timeout_seconds=self.timeout_seconds,
-            retry=RetryPolicy(patience_seconds=self.retry_patience_seconds),
+            retry=RetryPolicy(patience_seconds=self.retry_patience_seconds,
+                              min_backoff_seconds=self.retry_min_backoff_seconds,
+                              max_backoff_seconds=self.retry_max_backoff_seconds),
             pacer=shared_pacer(self.requests_per_window, self.window_seconds), log=log,
         )
 
