@@ -75,6 +75,10 @@ def wait_for_ui(url: str, process: subprocess.Popen[bytes], timeout: float) -> N
     raise SystemExit(f"The Dagster UI did not answer at {url} within {timeout:.0f} s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     """Set up, then run the stand-in and dagster dev until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__,
@@ -83,6 +87,10 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="start, wait for the UI to answer, then stop")
     args = parser.parse_args()
+    # Stop cleanly (both children) on SIGTERM and SIGHUP too, not only on Ctrl-C; and even when
+    # started in the background, where SIGINT arrives ignored.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _interrupt)
     python = ensure_installed()
     dagster_home = DEMO / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
