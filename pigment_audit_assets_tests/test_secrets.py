@@ -145,3 +145,28 @@ def test_reprs_and_exceptions_hide_the_keys(stand_in: PigmentStandIn, tmp_path: 
         if item is not None:
             assert_clean(f"{item!r} {item}", "an exception")
     assert_clean(caught.getrepr().__str__(), "the traceback")
+
+
+class EchoingStandIn(PigmentStandIn):
+    """A server that echoes the Authorization header in its 400 answers (a careless proxy)."""
+
+    def _respond(self, endpoint: str, match: str, query_string: str, headers: Any, body: bytes,
+                 size: int) -> Any:
+        from pigment_audit_assets_tests.stand_in import _error
+
+        return _error(400, f"bad request with {headers.get('Authorization')}")
+
+
+def test_a_key_echoed_by_the_server_is_redacted_from_the_error(tmp_path: Path) -> None:
+    with EchoingStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY) as echoing:
+        client = make_client(echoing)
+        with pytest.raises(PigmentApiError) as caught:
+            next(client.iter_audit_pages(datetime(2020, 1, 1, tzinfo=timezone.utc)))
+        assert "Bearer ***" in str(caught.value)
+        assert_clean(str(caught.value), "an echoed error")
+        csv_path = tmp_path / "c.csv"
+        csv_path.write_text("id\r\n1\r\n", encoding="utf-8")
+        with pytest.raises(PigmentApiError) as caught:
+            client.push_csv("c", csv_path)
+        assert "Bearer ***" in str(caught.value)
+        assert_clean(str(caught.value), "an echoed error")

@@ -7,6 +7,9 @@ HTTP date); without it the wait grows exponentially with jitter, and the default
 request (same cursor), so no page is skipped or read twice. 400, 401, 403 and 404 fail at once
 with a message that says what to check.
 
+A push answered 200 ("Import started") whose body is then cut short is not retried: the import
+exists, so :class:`PushAnswerLostError` tells the caller to record it rather than push twice.
+
 Keys live only in request headers: they are never logged, never in an exception's text, never
 in the client's repr.
 """
@@ -293,8 +296,8 @@ class PigmentClient:
                     raise PushAnswerLostError(
                         f"Pigment answered 200 (import started) to the push into {context}, "
                         f"but the answer was cut off ({type(error).__name__}) before its "
-                        "importId: the chunk is recorded as pushed, not pushed again; check "
-                        "the import in Pigment's import history."
+                        "importId: Pigment has these rows, so they must not be pushed again; "
+                        "find the import in the configuration's import history."
                     ) from None
                 raise _Retryable(f"a body cut short ({type(error).__name__}) from {method} "
                                  f"{path}") from None
@@ -304,7 +307,8 @@ class PigmentClient:
                 raise _Retryable(f"HTTP {response.status_code} from {method} {path}",
                                  _retry_after_seconds(response.headers.get("Retry-After")))
             if response.status_code >= 400:
-                raise self._api_error(kind, key_kind, response, context)
+                error = self._api_error(kind, key_kind, response, context)
+                raise PigmentApiError(self._redact(str(error)), error.status)
             try:
                 return orjson.loads(content)
             except orjson.JSONDecodeError:
@@ -339,6 +343,13 @@ class PigmentClient:
         what = error.what if isinstance(error, _Retryable) else repr(error)
         self.log.warning(f"Pigment: {what}; attempt {state.attempt_number}, retrying in "
                          f"{wait:.1f} s.")
+
+    def _redact(self, text: str) -> str:
+        """``text`` with any key replaced, should Pigment ever echo one in an error body."""
+        for key in self._keys.values():
+            if key:
+                text = text.replace(key, "***")
+        return text
 
     @staticmethod
     def _api_error(kind: str, key_kind: str, response: requests.Response,
