@@ -56,6 +56,9 @@ def resource_settings(stand_in: PigmentStandIn, root: Path, **overrides: Any) ->
         "import_configuration_id": CONFIGURATION_ID, "base_url": stand_in.base_url,
         "storage_url": str(root), "chunk_size_mb": 0.05, "import_poll_seconds": 0.05,
         "retry_patience_seconds": 30.0, "timeout_seconds": 5.0,
+        "retry_min_backoff_seconds": 0.01, "retry_max_backoff_seconds": 0.2,
+        # A pace of its own size: the default 500 per 5 minutes is shared by the whole process.
+        "requests_per_window": 100_000, "window_seconds": 1.0,
     }
     settings.update(overrides)
     return settings

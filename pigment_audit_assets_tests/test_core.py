@@ -87,7 +87,7 @@ def test_cells_are_written_as_the_script_writes_them(tmp_path: Path) -> None:
     assert data.endswith(b"\r\n")
     assert data.split(b"\r\n", 1)[1] == (
         'é1,,True,False,7,1.5,12345678901234567890,"comma, ""quote""\nnew line\r\nend ✓ 日本"\r\n'
-    ).encode("utf-8")
+    ).encode()
     assert read_records(csv_path)[1][-1] == event["text"]
 
 
@@ -168,7 +168,7 @@ def test_chunks_skip_events_already_pushed(tmp_path: Path) -> None:
 def test_chunk_too_small_for_a_record_names_the_setting(tmp_path: Path) -> None:
     csv_path = tmp_path / "day.csv"
     write_csv([write_jsonl(tmp_path / "raw.jsonl", AWKWARD)], csv_path)
-    with pytest.raises(ConfigError, match="--chunk-size is too small.*130 bytes.*event 4"):
+    with pytest.raises(ConfigError, match=r"--chunk-size is too small.*130 bytes.*event 4"):
         write_chunks(csv_path, 120, tmp_path / "chunks", setting="--chunk-size")
     assert chunk_size_bytes(0.5, "chunk_size_mb") == 524288
     with pytest.raises(ConfigError, match="chunk_size_mb"):
@@ -235,7 +235,7 @@ def test_storage_layout_and_urls(tmp_path: Path) -> None:
     assert storage.csv_path(day) == tmp_path / "csv" / "2025-09-01.csv"
     assert "rejected" in storage.rejected_path(day).name
     assert "2025-09-01" in storage.rejected_path(day).name
-    with pytest.raises(ConfigError, match="PIGMENT_AUDIT_STORAGE_URL.*s3://"):
+    with pytest.raises(ConfigError, match=r"PIGMENT_AUDIT_STORAGE_URL.*s3://"):
         Storage.from_url("s3://bucket/audit")
     with pytest.raises(ConfigError, match="PIGMENT_AUDIT_STORAGE_URL"):
         Storage.from_url(" ")
@@ -247,7 +247,7 @@ def test_csv_writer_output_reads_back_with_csv_module(tmp_path: Path) -> None:
     summary = write_csv([write_jsonl(tmp_path / "raw.jsonl", events)], csv_path)
     header, *records = read_records(csv_path)
     assert header == summary.columns and len(records) == len(events) == summary.rows
-    by_id = {record[0]: dict(zip(header, record)) for record in records}
+    by_id = {record[0]: dict(zip(header, record, strict=True)) for record in records}
     for event in events:
         flat, _ = flatten_event(event)
         buffer = io.StringIO()

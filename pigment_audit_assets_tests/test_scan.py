@@ -150,7 +150,7 @@ def test_lookback_guard_fails_before_any_request(stand_in: PigmentStandIn,
 def test_wrong_key_fails_at_once_naming_the_variable(stand_in: PigmentStandIn,
                                                      tmp_path: Path) -> None:
     client = make_client(stand_in, audit_key="not-the-key-123")
-    with pytest.raises(PigmentApiError, match="PIGMENT_AUDIT_API_KEY.*Security Admin") as error:
+    with pytest.raises(PigmentApiError, match=r"PIGMENT_AUDIT_API_KEY.*Security Admin") as error:
         fetch_days(client, [DAY], parse_zone("UTC"), Storage(tmp_path), now=STAND_IN_NOW,
                    log=log)
     assert "not-the-key-123" not in str(error.value) and "not-the-key-123" not in repr(client)

@@ -27,7 +27,7 @@ from .chunks import chunk_size_bytes, write_chunks
 from .client import AUDIT_KEY_VARIABLE, IMPORT_KEY_VARIABLE, PigmentClient
 from .collect import fetch_days
 from .days import days_between, parse_zone
-from .errors import ConfigError, PigmentAuditError
+from .errors import ConfigError, PigmentAuditError, PushAnswerLostError
 from .imports import summarize_report
 from .storage import Storage
 from .table import write_csv
@@ -178,14 +178,21 @@ def _push(client: PigmentClient, csv_path: Path, configuration_id: str, chunk_by
     chunks = write_chunks(csv_path, chunk_bytes, work, setting="--chunk-size")
     total = sum(chunk.bytes for chunk in chunks)
     import_ids: list[str] = []
+    failed = []
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
               desc=f"Uploading {csv_path.name}", disable=None) as bar:
         for chunk in chunks:
             log.info(f"Sending chunk #{chunk.index} ({chunk.bytes / 1_048_576:.2f} MB)...")
-            import_ids.append(client.push_csv(configuration_id, chunk.path))
-            log.info(f"Chunk #{chunk.index} accepted as import {import_ids[-1]}.")
+            try:
+                import_ids.append(client.push_csv(configuration_id, chunk.path))
+            except PushAnswerLostError as error:
+                # Pigment started the import: pushing the chunk again would import it twice.
+                # Go on with the rest, and fail at the end so the user checks this one.
+                log.warning(f"Chunk #{chunk.index}: {error}")
+                failed.append(f"chunk #{chunk.index}: import started, its id was lost")
+            else:
+                log.info(f"Chunk #{chunk.index} accepted as import {import_ids[-1]}.")
             bar.update(chunk.bytes)
-    failed = []
     for import_id in import_ids:
         report = summarize_report(client.wait_for_import(import_id))
         log.info(f"Import {import_id}: {report['status']} (inserted {report['insertedCount']}, "
@@ -193,8 +200,8 @@ def _push(client: PigmentClient, csv_path: Path, configuration_id: str, chunk_by
         if report["status"] == "Failed":
             failed.append(f"{import_id}: {'; '.join(report['errors']) or 'no details'}")
     if failed:
-        raise PigmentAuditError("Pigment reported failed import(s), the CSV is kept: "
-                                + " | ".join(failed))
+        raise PigmentAuditError("Some imports failed or could not be confirmed, the CSV is "
+                                "kept: " + " | ".join(failed))
 
 
 if __name__ == "__main__":

@@ -93,5 +93,6 @@ def import_day_metadata(outcome: ImportOutcome) -> dict[str, Any]:
         "errors": dg.MetadataValue.json(
             {import_id: report.get("errors", []) for import_id, report in outcome.reports.items()
              if report.get("errors")}),
+        "answers_lost": dg.MetadataValue.json(outcome.answer_lost),
         "import_record": dg.MetadataValue.path(str(outcome.record_path)),
     }
