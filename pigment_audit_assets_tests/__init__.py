@@ -1,0 +1,1 @@
+"""Tests, the local Pigment stand-in and synthetic audit events for pigment_audit_assets."""
