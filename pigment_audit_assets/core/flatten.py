@@ -14,16 +14,15 @@ overwritten value so the loss is reported, never silent.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 
-def flatten_event(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Flatten one event; return the flat row and the column names whose value was overwritten.
+def iter_flat(event: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Every leaf of ``event`` as ``(column name, value)``, depth first, in key order.
 
-    The list is empty for almost every event; a name appears once per value lost.
+    A name appears once per leaf, so a collision shows as a repeated name; the last one wins.
     """
-    row: dict[str, Any] = {}
-    collided: list[str] = []
     # An explicit stack instead of recursion: faster, and no depth limit on odd payloads.
     stack: list[tuple[str, Any]] = [(name, value) for name, value in reversed(event.items())]
     while stack:
@@ -35,7 +34,18 @@ def flatten_event(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 (f"{name}_{index}", value[index]) for index in range(len(value) - 1, -1, -1)
             )
         else:
-            if name in row:
-                collided.append(name)
-            row[name] = value
+            yield name, value
+
+
+def flatten_event(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Flatten one event; return the flat row and the column names whose value was overwritten.
+
+    The list is empty for almost every event; a name appears once per value lost.
+    """
+    row: dict[str, Any] = {}
+    collided: list[str] = []
+    for name, value in iter_flat(event):
+        if name in row:
+            collided.append(name)
+        row[name] = value
     return row, collided
