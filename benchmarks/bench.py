@@ -79,13 +79,13 @@ def measure(argv: list[str], env: dict[str, str], log: Path) -> Run:
 class StandIn:
     """The stand-in server as a child process, serving one synthetic day."""
 
-    def __init__(self, day: str, events: int, scratch: Path) -> None:
+    def __init__(self, day: str, events: int, scratch: Path, page_size: int = 1000) -> None:
         self.log = scratch / f"stand-in-{events}.log"
         self._log_handle = open(self.log, "wb")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
             [PYTHON, str(HERE / "stand_in_server.py"), "--day", day, "--events", str(events),
-             "--order", "oldest", "--audit-key", AUDIT_KEY, "--import-key", IMPORT_KEY,
-             "--configuration-id", CONFIGURATION_ID],
+             "--order", "oldest", "--page-size", str(page_size), "--audit-key", AUDIT_KEY,
+             "--import-key", IMPORT_KEY, "--configuration-id", CONFIGURATION_ID],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_handle, cwd=ROOT)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode().split()  # blocks while events are built
@@ -205,10 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         # --- 2. memory: a big day, fetch + CSV ---------------------------------------------
-        print(f"\n[2] one day of {big_events:,} events, pigment-audit fetch + CSV "
-              "(stand-in starting...)", flush=True)
+        print(f"\n[2] one day of {big_events:,} events, 2,000 a page, pigment-audit fetch + "
+              "CSV (stand-in starting...)", flush=True)
         big_csv = scratch / "big.csv"
-        server = StandIn(day, big_events, scratch)
+        # 2,000 events a page (Pigment sends 1,000): 1M events in 500 requests, which is what
+        # the client's pacer allows in 5 minutes (Pigment's limit); with 1,000 a page the scan
+        # would sit out a 5-minute window. Bigger pages only make the memory test harder.
+        server = StandIn(day, big_events, scratch, page_size=2000)
         try:
             env = child_env(server.base_url)
             big = measure(ours(day, big_csv), env, scratch / "big.log")

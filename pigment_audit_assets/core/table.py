@@ -58,7 +58,7 @@ def iter_raw_events(raw_paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
     for raw_path in raw_paths:
         with open(raw_path, "rb") as raw:
             for line in raw:
-                if line.strip():
+                if not line.isspace():  # stops at the first byte, unlike strip()'s copy
                     yield orjson.loads(line)
 
 
