@@ -97,7 +97,7 @@ class _Shape:
 
 
 class _Scan:
-    """The first pass: shapes, their counts, column densities, and each event's values."""
+    """The first pass: shapes, their counts, column densities, and each event's cells."""
 
     def __init__(self) -> None:
         self.shapes: dict[tuple[Any, ...], int] = {}
@@ -108,7 +108,7 @@ class _Scan:
         self.rows = 0
 
     def add(self, event: dict[str, Any]) -> tuple[int, Any]:
-        """Record one event; its shape id and leaf values (or its flat row, if unshaped)."""
+        """Record one event; its shape id and cell texts (or its flat row, if unshaped)."""
         self.rows += 1
         shape: list[Any] = []
         values: list[Any] = []
