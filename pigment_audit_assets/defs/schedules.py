@@ -22,14 +22,17 @@ HOUR_VARIABLE = "PIGMENT_AUDIT_SCHEDULE_HOUR"
 LOOKBACK_VARIABLE = "PIGMENT_AUDIT_LOOKBACK_DAYS"
 DEFAULT_HOUR = 4
 DEFAULT_LOOKBACK_DAYS = 3
+# A scheduled run may wait in the queue (or for the Pigment pool, behind a long backfill) before
+# its scan starts; a day kept in the range must still be within the 180 days by then.
+LOOKBACK_MARGIN = timedelta(hours=12)
 
 
 def scheduled_days(run_at: datetime, first_partition: date, zone_name: str,
                    lookback_days: int) -> tuple[date, date] | None:
     """The range a run at ``run_at`` covers: the last complete day and up to N days before.
 
-    Clipped to the first partition and to what Pigment's 180-day lookback still reaches;
-    None when no complete day exists yet.
+    Clipped to the first partition and to what Pigment's 180-day lookback still reaches
+    (with :data:`LOOKBACK_MARGIN` to spare); None when no complete day exists yet.
     """
     zone = parse_zone(zone_name)
     local = run_at.astimezone(zone)
@@ -37,8 +40,11 @@ def scheduled_days(run_at: datetime, first_partition: date, zone_name: str,
     if last < first_partition:
         return None
     first = max(first_partition, last - timedelta(days=lookback_days))
-    while day_start(first, zone) < run_at - AUDIT_LOOKBACK:
+    oldest_start = run_at - AUDIT_LOOKBACK + LOOKBACK_MARGIN
+    while first <= last and day_start(first, zone) < oldest_start:
         first += timedelta(days=1)
+    if first > last:
+        return None
     return first, last
 
 

@@ -1,0 +1,124 @@
+"""Late events: the next scheduled run completes the earlier days and pushes only what is new."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.defs.resources import PigmentResource
+from pigment_audit_assets_tests.conftest import TODAY, days_before, resource_settings
+from pigment_audit_assets_tests.schedule_support import (
+    UTC,
+    definitions,
+    one_request,
+    partition_metadata,
+    range_tags,
+    raw_ids,
+    run_job,
+    truth_ids,
+)
+from pigment_audit_assets_tests.stand_in import PigmentStandIn
+from pigment_audit_assets_tests.synthetic import synthetic_events
+
+DAY = TODAY - timedelta(days=6)  # "yesterday" at the first tick
+FIRST_TICK = datetime.combine(DAY + timedelta(days=1), time(4), tzinfo=UTC)
+EVENTS_PER_DAY = 150
+
+
+def ingested_after(events: list[dict[str, Any]], moment: datetime) -> set[str]:
+    return {event["id"] for event in events
+            if datetime.fromisoformat(event["ingestionTimestamp"].replace("Z", "+00:00")) > moment}
+
+
+@pytest.fixture
+def late_world(stand_in: PigmentStandIn) -> dict[date, list[dict[str, Any]]]:
+    """DAY-4 .. DAY+1, a third of each day's events ingested 1 to 20 hours late.
+
+    At 04:00 the next morning some of a day's events are still to come; a day later all are in.
+    """
+    stand_in.set_now(FIRST_TICK)
+    events = {day: synthetic_events(day, EVENTS_PER_DAY, seed=day.toordinal(),
+                                    late_fraction=0.3, max_lateness=timedelta(hours=20))
+              for day in days_before(DAY + timedelta(days=1), 6)}
+    for day_events in events.values():
+        stand_in.add_events(day_events)
+    return events
+
+
+def test_next_run_completes_the_earlier_day_and_pushes_only_new_events(
+        stand_in: PigmentStandIn, late_world: dict[date, list[dict[str, Any]]],
+        tmp_path: Path) -> None:
+    resource = PigmentResource(**resource_settings(stand_in, tmp_path))
+    defs = definitions(TODAY - timedelta(days=60), resource=resource)
+    storage = Storage(tmp_path)
+    with dg.DagsterInstance.ephemeral() as instance:
+        # The morning after DAY: DAY and the three days before it, in one run.
+        first_request = one_request(defs, FIRST_TICK)
+        assert dict(first_request.tags).items() >= range_tags(DAY - timedelta(days=3),
+                                                              DAY).items()
+        first = run_job(defs, dict(first_request.tags), instance)
+        assert first.success
+        missing = ingested_after(late_world[DAY], FIRST_TICK)
+        assert missing, "the test needs events of DAY that are not visible yet"
+        assert sorted(raw_ids(tmp_path, DAY)) == truth_ids(stand_in, DAY)
+        assert not missing & set(raw_ids(tmp_path, DAY))
+        first_raw = {day: storage.raw_path(day).read_bytes()
+                     for day in days_before(DAY, 4)}
+        pushed_first = len(stand_in.pushed_rows())
+        before_count = len(raw_ids(tmp_path, DAY))
+
+        # A day later, the late events of DAY have all been ingested.
+        stand_in.advance(timedelta(days=1))
+        second_tick = FIRST_TICK + timedelta(days=1)
+        assert stand_in.now() == second_tick
+        assert not ingested_after(late_world[DAY], second_tick)
+        second_request = one_request(defs, second_tick)
+        assert dict(second_request.tags).items() >= range_tags(DAY - timedelta(days=2),
+                                                               DAY + timedelta(days=1)).items()
+        second = run_job(defs, dict(second_request.tags), instance)
+        assert second.success
+
+        # DAY is now complete: its raw file is the stand-in's truth, its CSV follows.
+        assert sorted(raw_ids(tmp_path, DAY)) == truth_ids(stand_in, DAY)
+        assert missing <= set(raw_ids(tmp_path, DAY))
+        assert len(raw_ids(tmp_path, DAY)) == EVENTS_PER_DAY
+        raw_meta = partition_metadata(second, "raw_audit_events")
+        day_meta = raw_meta[DAY.isoformat()]
+        assert day_meta["changed"] is True
+        assert day_meta["events_added"] == len(missing) == EVENTS_PER_DAY - before_count
+        assert day_meta["events_kept_from_before"] == 0
+        assert DAY.isoformat() in second.asset_materializations_for_node(
+            "raw_audit_events")[0].metadata["days_changed"].value  # type: ignore[operator]
+        # DAY-2 had all its events already: same bytes, not reported as changed.
+        quiet = DAY - timedelta(days=2)
+        assert not ingested_after(late_world[quiet], FIRST_TICK)
+        assert raw_meta[quiet.isoformat()]["changed"] is False
+        assert raw_meta[quiet.isoformat()]["events_added"] == 0
+        assert storage.raw_path(quiet).read_bytes() == first_raw[quiet]
+        csv_meta = partition_metadata(second, "audit_events_csv")
+        assert csv_meta[DAY.isoformat()]["dagster/row_count"] == EVENTS_PER_DAY
+        # The change is in the run's logs.
+        messages = [entry.user_message for entry in instance.all_logs(second.run_id)]
+        assert any(f"{DAY}: the raw file changed since it was last written: {len(missing)} new"
+                   in message for message in messages)
+
+        # The import of DAY pushed only the late events; nothing was ever pushed twice.
+        import_meta = partition_metadata(second, "audit_events_import")[DAY.isoformat()]
+        assert import_meta["rows_pushed"] == len(missing)
+        assert import_meta["events_already_in_pigment"] == before_count
+        assert partition_metadata(second, "audit_events_import")[quiet.isoformat()][
+            "rows_pushed"] == 0
+        second_rows = stand_in.pushed_rows()[pushed_first:]
+        assert {row["id"] for row in second_rows if row["id"] in set(raw_ids(tmp_path, DAY))} \
+            == missing
+        pushed = Counter(row["id"] for row in stand_in.pushed_rows())
+        assert max(pushed.values()) == 1
+        covered = days_before(DAY + timedelta(days=1), 5)  # DAY-3 .. DAY+1
+        assert set(pushed) == {event_id for day in covered
+                               for event_id in truth_ids(stand_in, day)}
