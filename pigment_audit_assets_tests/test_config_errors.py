@@ -66,16 +66,37 @@ def test_a_bad_setting_stops_the_fetch_before_any_request(
 @pytest.mark.parametrize(("overrides", "needle"), [
     ({"import_api_key": None}, "PIGMENT_IMPORT_API_KEY"),
     ({"import_configuration_id": None}, "PIGMENT_IMPORT_CONFIGURATION_ID"),
-    ({"chunk_size_mb": 0.0005}, "chunk_size_mb is too small"),  # 524 bytes: no record fits
     ({"chunk_size_mb": 0}, "chunk_size_mb"),
     ({"chunk_size_mb": -1}, "chunk_size_mb"),
-], ids=["no-import-key", "no-configuration", "chunk-too-small", "chunk-zero", "chunk-negative"])
-def test_a_bad_push_setting_stops_the_import_before_any_push(
+], ids=["no-import-key", "no-configuration", "chunk-zero", "chunk-negative"])
+def test_a_bad_push_setting_stops_a_full_run_at_its_start(
         stand_in: PigmentStandIn, tmp_path: Path, overrides: dict[str, Any],
         needle: str) -> None:
     failures = failures_of(stand_in, tmp_path, **overrides)
+    assert list(failures) == ["raw_audit_events"]  # the run's first step, before any request
+    assert needle in failures["raw_audit_events"]
+    assert sum(stand_in.request_counts.values()) == 0
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "imports").exists()
+
+
+def test_push_settings_do_not_block_a_run_without_the_import(stand_in: PigmentStandIn,
+                                                            tmp_path: Path) -> None:
+    stand_in.add_events(synthetic_events(DAY, 40, seed=13))
+    settings = resource_settings(stand_in, tmp_path, import_api_key=None,
+                                 import_configuration_id=None)
+    raw_and_csv = [asset for asset in ASSETS if asset.key.path[-1] != "audit_events_import"]
+    result = dg.materialize(raw_and_csv, resources={"pigment": PigmentResource(**settings)},
+                            partition_key=DAY.isoformat())
+    assert result.success
+    assert (tmp_path / "csv" / f"{DAY.isoformat()}.csv").exists()
+
+
+def test_a_chunk_too_small_for_a_record_stops_the_import_before_any_push(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    # 524 bytes: only the CSV tells that no record fits, so the import step finds it.
+    failures = failures_of(stand_in, tmp_path, chunk_size_mb=0.0005)
     assert list(failures) == ["audit_events_import"]  # raw and CSV went through
-    assert needle in failures["audit_events_import"]
+    assert "chunk_size_mb is too small" in failures["audit_events_import"]
     assert stand_in.request_counts["push"] == 0 and stand_in.request_counts["status"] == 0
     assert not (tmp_path / "imports").exists()
 

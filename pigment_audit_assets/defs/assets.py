@@ -28,6 +28,11 @@ class ImportConfig(dg.Config):
     """Push every event of the day again, even those already in Pigment."""
 
 
+def _run_includes(context: dg.AssetExecutionContext, asset_name: str) -> bool:
+    """Whether this run materializes ``asset_name`` too (the job is subset to the selection)."""
+    return dg.AssetKey(asset_name) in context.job_def.asset_layer.selected_asset_keys
+
+
 def build_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The three assets over ``partitions_def``."""
     common = {"partitions_def": partitions_def, "group_name": GROUP,
@@ -42,6 +47,8 @@ def build_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefin
     def raw_audit_events(context: dg.AssetExecutionContext,
                          pigment: PigmentResource) -> dg.MaterializeResult:
         days = partition_days(context)
+        # Settings of the import too, when this run goes on to it: a run fails at its start.
+        pigment.check_settings(fetch=True, push=_run_includes(context, "audit_events_import"))
         scan = pigment.fetch_days(days, context.log)
         for day, day_file in scan.days.items():
             context.add_asset_metadata(raw_day_metadata(day_file), partition_key=day.isoformat())

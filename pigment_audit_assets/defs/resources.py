@@ -83,18 +83,19 @@ class PigmentResource(dg.ConfigurableResource):
                               "the id of the Pigment import configuration to push into.")
         return self.import_configuration_id
 
-    def client(self, log: Log, *, audit: bool = False, push: bool = False) -> PigmentClient:
-        """A client for this run; checks that the keys its calls need are there."""
+    def check_settings(self, *, fetch: bool = False, push: bool = False) -> None:
+        """Fail with a ConfigError naming the variable or field of the first bad setting.
+
+        ``fetch`` adds what the raw asset needs, ``push`` what the import asset needs; the
+        first step of a run checks for every asset the run will materialize, so a run fails at
+        its start, before any request or file.
+        """
         parsed = urlparse(self.base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"PIGMENT_BASE_URL={self.base_url!r} is not an http(s) URL such "
                               "as https://pigment.app.")
-        if audit and not self.audit_api_key:
-            raise ConfigError(f"{AUDIT_KEY_VARIABLE} is not set: the raw events asset needs an "
-                              "'Audit logs' API key (a Security Admin creates it).")
-        if push and not self.import_api_key:
-            raise ConfigError(f"{IMPORT_KEY_VARIABLE} is not set: the import asset needs an "
-                              "'Import or Export' API key (a Workspace Admin creates it).")
+        self.zone()
+        self.storage()
         for name in ("retry_patience_seconds", "timeout_seconds", "retry_min_backoff_seconds",
                      "retry_max_backoff_seconds", "window_seconds"):
             if not getattr(self, name) > 0:
@@ -103,6 +104,19 @@ class PigmentResource(dg.ConfigurableResource):
         if self.requests_per_window < 1:
             raise ConfigError(f"requests_per_window must be at least 1, not "
                               f"{self.requests_per_window!r}.")
+        if fetch and not self.audit_api_key:
+            raise ConfigError(f"{AUDIT_KEY_VARIABLE} is not set: the raw events asset needs an "
+                              "'Audit logs' API key (a Security Admin creates it).")
+        if push:
+            if not self.import_api_key:
+                raise ConfigError(f"{IMPORT_KEY_VARIABLE} is not set: the import asset needs an "
+                                  "'Import or Export' API key (a Workspace Admin creates it).")
+            self.configuration_id()
+            self.chunk_bytes()
+
+    def client(self, log: Log, *, audit: bool = False, push: bool = False) -> PigmentClient:
+        """A client for this run; checks that the settings its calls need are there."""
+        self.check_settings(fetch=audit, push=push)
         return PigmentClient(
             self.base_url, audit_key=self.audit_api_key, import_key=self.import_api_key,
             timeout_seconds=self.timeout_seconds,
