@@ -2,9 +2,10 @@
 
 The API has no end bound and pages by ingestion time, newest first, so one scan from the start
 of the first day reaches every event of every day in the range (an event is ingested at or after
-the moment it happens). Events are spooled to a scratch SQLite file on disk, keyed by event id,
-so memory stays bounded whatever the size of a day, duplicates collapse, and each day's file is
-written sorted by event time, then id, which makes a re-run produce the same file.
+the moment it happens). Events are spooled by event id (their lines in a scratch file, a small
+index in memory, moved to a scratch SQLite file on disk past a budget, so memory stays bounded
+whatever the size of a day), duplicates collapse, and each day's file is written sorted by event
+time, then id, which makes a re-run produce the same file.
 
 A day's new file is the union of what the scan found and what the day's file already held: an
 event stored earlier is never lost because a later scan did not return it. Events that are not
@@ -14,8 +15,10 @@ JSON objects, lack an id or lack a parseable ``eventTimestamp`` go to the day's 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sqlite3
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -42,6 +45,14 @@ from .storage import Storage, atomic_write
 
 PROGRESS_EVERY_PAGES = 10
 ONE_DAY = timedelta(days=1)
+# The in-memory spool's budget, and what one event's index entry costs in it (its id, time,
+# type and line position, in a set, a tuple and a day's list): about 100,000 events. Past it,
+# the spool moves to SQLite on disk.
+MEMORY_BUDGET = 48 * 1024 * 1024
+INDEX_ENTRY_BYTES = 400
+
+_Row = tuple[str, str, int, str, bytes]  # an event: id, day, epoch µs, type, line
+_TypeCount = tuple[str, int, int, int, int, int]  # type, count, added, kept, first, last
 
 
 @dataclass
@@ -118,7 +129,7 @@ class _Classifier:
         return event_id, day, at
 
 
-class _Spool:
+class _SqliteSpool:
     """A scratch SQLite database on disk: events by id, and rejects by content.
 
     Its page cache is capped at 4 MiB; the rest stays on disk. 16 KiB pages (SQLite's default
@@ -135,30 +146,194 @@ class _Spool:
             PRAGMA page_size = 16384;
             PRAGMA cache_size = -4096;
             CREATE TABLE events (id TEXT PRIMARY KEY, day TEXT, at INTEGER, type TEXT,
-                                 line BLOB, before INTEGER DEFAULT 0, scanned INTEGER);
+                                 line BLOB, before INTEGER DEFAULT 0, scanned INTEGER DEFAULT 1);
             CREATE TABLE rejects (day TEXT, reason TEXT, line BLOB, UNIQUE (day, line));
             """
         )
 
-    def add_events(self, rows: list[tuple[str, str, int, str, bytes, int]]) -> int:
-        """Insert rows not already there; how many were new."""
+    def add_events(self, rows: list[_Row]) -> int:
+        """Insert rows whose id is not already there; how many were new."""
         before = self.connection.total_changes
         self.connection.executemany(
-            "INSERT OR IGNORE INTO events (id, day, at, type, line, scanned) "
-            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            "INSERT OR IGNORE INTO events (id, day, at, type, line) VALUES (?, ?, ?, ?, ?)", rows)
         return self.connection.total_changes - before
 
+    def add_previous(self, row: _Row) -> None:
+        """An event of the day's previous file: marked as stored before, added if not seen."""
+        self.connection.execute(
+            "INSERT INTO events (id, day, at, type, line, before, scanned) "
+            "VALUES (?, ?, ?, ?, ?, 1, 0) ON CONFLICT (id) DO UPDATE SET before = 1", row)
+
     def add_rejects(self, rows: list[tuple[str, str, bytes]]) -> None:
+        """Insert ``(day, reason, line)`` rows; a line already rejected for its day keeps its
+        first reason."""
         self.connection.executemany(
             "INSERT OR IGNORE INTO rejects (day, reason, line) VALUES (?, ?, ?)", rows)
+
+    def write_day(self, day: str, handle: IO[bytes]) -> None:
+        """The day's lines, sorted by event time then id, one per line."""
+        # No Python-level step per event: SQLite appends the newline.
+        lines = self.connection.execute(
+            "SELECT CAST(line || x'0a' AS BLOB) FROM events WHERE day = ? ORDER BY at, id",
+            (day,))
+        handle.writelines(map(itemgetter(0), lines))
+
+    def day_types(self, day: str) -> list[_TypeCount]:
+        """Per event type, in order of first appearance: count, added, kept, first and last."""
+        return [(event_type, count, int(added), int(kept), low, high)
+                for event_type, count, added, kept, low, high in self.connection.execute(
+                    "SELECT type, COUNT(*), TOTAL(before = 0), TOTAL(scanned = 0), MIN(at), "
+                    "MAX(at) FROM events WHERE day = ? GROUP BY type ORDER BY MIN(at), MIN(id)",
+                    (day,))]
+
+    def day_rejects(self, day: str) -> list[tuple[str, bytes]]:
+        """The day's ``(reason, line)`` rejects, by line."""
+        return self.connection.execute(
+            "SELECT reason, line FROM rejects WHERE day = ? ORDER BY line", (day,)).fetchall()
 
     def close(self) -> None:
         self.connection.close()
 
 
+class _Spool:
+    """Events by id and rejects by content, in memory until a budget, then in SQLite.
+
+    Ordinary days fit: the lines go to a scratch file as they come, and memory holds one small
+    index entry per event (its time, id, type and where its line is). Past ``budget`` bytes
+    (index entries at an estimated :data:`INDEX_ENTRY_BYTES`, plus rejected lines), everything
+    moves to a :class:`_SqliteSpool` and every call goes there: memory stays bounded whatever
+    the size of the scan. Both give the same answers: the first event seen with an id wins; an
+    event of a day's previous file is marked as stored before, and added if the scan missed it.
+    """
+
+    def __init__(self, work: Path, budget: int) -> None:
+        self.work = work
+        self.budget = budget
+        self.sqlite: _SqliteSpool | None = None
+        self.lines = open(work / "lines.jsonl", "w+b")  # noqa: SIM115 - closed in close()
+        self.size = 0  # bytes written to self.lines
+        self.ids: set[str] = set()
+        self.days: dict[str, list[tuple[int, str, str, int, int]]] = {}  # (at, id, type, where)
+        self.before: set[str] = set()  # ids found in a day's previous file
+        self.unscanned: set[str] = set()  # ids only found there
+        self.rejects: dict[tuple[str, bytes], str] = {}  # (day, line) -> first reason
+        self.reject_bytes = 0
+
+    def add_events(self, rows: list[_Row]) -> int:
+        """Add rows whose id is not already there; how many were new."""
+        if self.sqlite is not None:
+            return self.sqlite.add_events(rows)
+        ids, days, offset = self.ids, self.days, self.size
+        lines: list[bytes] = []
+        for event_id, day, at, event_type, line in rows:
+            if event_id in ids:
+                continue
+            ids.add(event_id)
+            entries = days.get(day)
+            if entries is None:
+                entries = days[day] = []
+            entries.append((at, event_id, event_type, offset, len(line) + 1))
+            lines.append(line)
+            offset += len(line) + 1
+        if lines:
+            lines.append(b"")  # the last line's newline
+            self.lines.write(b"\n".join(lines))
+            self.size = offset
+            self._check_budget()
+        return len(lines) - 1 if lines else 0
+
+    def add_previous(self, row: _Row) -> None:
+        """An event of the day's previous file: marked as stored before, added if not seen."""
+        if self.sqlite is not None:
+            return self.sqlite.add_previous(row)
+        event_id = row[0]
+        if event_id not in self.ids:
+            self.unscanned.add(event_id)
+            self.add_events([row])
+        self.before.add(event_id)
+
+    def add_rejects(self, rows: list[tuple[str, str, bytes]]) -> None:
+        """Add ``(day, reason, line)`` rows; a line already rejected for its day keeps its
+        first reason."""
+        if self.sqlite is not None:
+            return self.sqlite.add_rejects(rows)
+        for day, reason, line in rows:
+            if (day, line) not in self.rejects:
+                self.rejects[day, line] = reason
+                self.reject_bytes += len(line)
+        self._check_budget()
+
+    def write_day(self, day: str, handle: IO[bytes]) -> None:
+        """The day's lines, sorted by event time then id, one per line."""
+        if self.sqlite is not None:
+            return self.sqlite.write_day(day, handle)
+        entries = self.days.get(day)
+        if not entries:
+            return
+        entries.sort()  # by time, then id: ids are unique
+        self.lines.flush()
+        read, fd = os.pread, self.lines.fileno()
+        handle.writelines(read(fd, length, offset) for _, _, _, offset, length in entries)
+
+    def day_types(self, day: str) -> list[_TypeCount]:
+        """Per event type, in order of first appearance: count, added, kept, first and last."""
+        if self.sqlite is not None:
+            return self.sqlite.day_types(day)
+        types: dict[str, list[Any]] = {}  # type -> [count, added, kept, first, last, least id]
+        before, unscanned = self.before, self.unscanned
+        entries = self.days.get(day, [])
+        entries.sort()  # by time, then id (already, after write_day)
+        for at, event_id, event_type, _, _ in entries:
+            counts = types.get(event_type)
+            if counts is None:
+                counts = types[event_type] = [0, 0, 0, at, at, event_id]
+            counts[0] += 1
+            counts[1] += event_id not in before
+            counts[2] += event_id in unscanned
+            counts[4] = at
+            if event_id < counts[5]:
+                counts[5] = event_id
+        # The order SQLite gives: by each type's first time, then by its least id.
+        ordered = sorted(types.items(), key=lambda item: (item[1][3], item[1][5]))
+        return [(event_type, *counts[:5]) for event_type, counts in ordered]
+
+    def day_rejects(self, day: str) -> list[tuple[str, bytes]]:
+        """The day's ``(reason, line)`` rejects, by line."""
+        if self.sqlite is not None:
+            return self.sqlite.day_rejects(day)
+        return sorted(((reason, line) for (key, line), reason in self.rejects.items()
+                       if key == day), key=itemgetter(1))
+
+    def _check_budget(self) -> None:
+        if len(self.ids) * INDEX_ENTRY_BYTES + self.reject_bytes <= self.budget:
+            return
+        sqlite = _SqliteSpool(self.work / "spool.sqlite")
+        self.lines.flush()
+        read, fd = os.pread, self.lines.fileno()
+        for day, entries in self.days.items():
+            for start in range(0, len(entries), 10_000):  # 10,000 lines at a time
+                sqlite.add_events([
+                    (event_id, day, at, event_type, read(fd, length - 1, offset))
+                    for at, event_id, event_type, offset, length
+                    in entries[start:start + 10_000]])
+        sqlite.connection.executemany("UPDATE events SET before = 1 WHERE id = ?",
+                                      ((event_id,) for event_id in self.before))
+        sqlite.connection.executemany("UPDATE events SET scanned = 0 WHERE id = ?",
+                                      ((event_id,) for event_id in self.unscanned))
+        sqlite.add_rejects([(day, reason, line) for (day, line), reason in self.rejects.items()])
+        self.sqlite = sqlite
+        self.ids, self.days, self.before, self.unscanned, self.rejects = set(), {}, set(), set(), {}
+        self.lines.truncate(0)
+
+    def close(self) -> None:
+        self.lines.close()
+        if self.sqlite is not None:
+            self.sqlite.close()
+
+
 def _event_type(item: dict[str, Any]) -> str:
     value = item.get("eventType")
-    return value if isinstance(value, str) else ""
+    return sys.intern(value) if isinstance(value, str) else ""  # one copy per type in a spool
 
 
 def _reject_day(item: Any, days: set[date], first: date, zone: ZoneInfo) -> date:
@@ -192,7 +367,7 @@ def fetch_days(
     place = _Classifier(zone)
     day_keys = {day: day.isoformat() for day in wanted}
     work = storage.work_dir(f"scan-{uuid.uuid4().hex[:12]}")
-    spool = _Spool(work / "spool.sqlite")
+    spool = _Spool(work, MEMORY_BUDGET)
     result = ScanResult(days={})
     requests_before = client.request_counts["audit"]
     try:
@@ -201,7 +376,7 @@ def fetch_days(
                  f"for {len(wanted)} day(s), {wanted[0]} to {wanted[-1]}.")
         for page in client.iter_audit_pages(since):
             result.pages += 1
-            rows: list[tuple[str, str, int, str, bytes, int]] = []
+            rows: list[_Row] = []
             rejects: list[tuple[str, str, bytes]] = []
             result.events_seen += len(page)
             for item in page:
@@ -215,7 +390,7 @@ def fetch_days(
                     result.outside_range += 1
                     continue
                 rows.append((event_id, day_keys[event_day], at, _event_type(item),
-                             orjson.dumps(item), 1))
+                             orjson.dumps(item)))
             result.duplicates += len(rows) - spool.add_events(rows)
             if rejects:
                 result.rejected += len(rejects)
@@ -241,7 +416,6 @@ def fetch_days(
 def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo) -> None:
     if not path.exists():
         return
-    connection = spool.connection
     with open(path, "rb") as previous:
         for line in previous:
             if not line.strip():
@@ -251,10 +425,7 @@ def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo) -> None
             if isinstance(placed, str):
                 continue
             event_id, _, at = placed
-            connection.execute(
-                "INSERT INTO events (id, day, at, type, line, before, scanned) "
-                "VALUES (?, ?, ?, ?, ?, 1, 0) ON CONFLICT (id) DO UPDATE SET before = 1",
-                (event_id, key, at, _event_type(item), line.rstrip(b"\r\n")))
+            spool.add_previous((event_id, key, at, _event_type(item), line.rstrip(b"\r\n")))
 
 
 def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log) -> DayFile:
@@ -263,22 +434,14 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
     previous_digest = _digest(path)
     _merge_previous(spool, path, key, zone)
     day_file = DayFile(day=day, path=path)
-    connection = spool.connection
-    # The lines go from SQLite to the file without a Python-level step per event (the newline
-    # is appended by SQLite), and the counts come from one aggregate query per day.
-    lines = connection.execute(
-        "SELECT CAST(line || x'0a' AS BLOB) FROM events WHERE day = ? ORDER BY at, id", (key,))
     with atomic_write(path, "wb") as handle:
-        handle.writelines(map(itemgetter(0), lines))
+        spool.write_day(key, handle)
     first_at = last_at = None
-    for event_type, count, added, kept, low, high in connection.execute(
-        "SELECT type, COUNT(*), TOTAL(before = 0), TOTAL(scanned = 0), MIN(at), MAX(at) "
-        "FROM events WHERE day = ? GROUP BY type ORDER BY MIN(at), MIN(id)", (key,)
-    ):  # types in order of first appearance
+    for event_type, count, added, kept, low, high in spool.day_types(key):
         day_file.event_types[event_type or "(none)"] += count
         day_file.events += count
-        day_file.added += int(added)
-        day_file.kept_from_before += int(kept)
+        day_file.added += added
+        day_file.kept_from_before += kept
         first_at = low if first_at is None else min(first_at, low)
         last_at = high if last_at is None else max(last_at, high)
     if first_at is not None:
@@ -300,14 +463,12 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
 def _write_rejects(spool: _Spool, storage: Storage, day: date, key: str, day_file: DayFile,
                    log: Log) -> None:
     path = storage.rejected_path(day)
-    connection = spool.connection
     if path.exists():  # rejects seen by earlier scans stay on record
         with open(path, "rb") as previous:
             rows = [(key, str(record.get("reason", "")), orjson.dumps(record.get("event")))
                     for record in map(orjson.loads, filter(bytes.strip, previous))]
         spool.add_rejects(rows)
-    rejects = connection.execute(
-        "SELECT reason, line FROM rejects WHERE day = ? ORDER BY line", (key,)).fetchall()
+    rejects = spool.day_rejects(key)
     if not rejects and not path.exists():
         return
     with atomic_write(path, "wb") as handle:
