@@ -77,8 +77,9 @@ class Fault:
     - "slow": sleep `delay` seconds, then answer normally;
     - "malformed_json": answer 200 with a body that is not valid JSON.
 
-    On push, only "slow" and "truncate" let the import be recorded: a truncated answer is the
-    hard case where Pigment started the import but the client never learnt its id.
+    On push, "slow", "truncate" and "malformed_json" let the import be recorded: a 200 whose
+    body is cut or garbled is the hard case where Pigment started the import but the client
+    never learnt its id.
     """
 
     kind: Literal["status", "reset", "truncate", "slow", "malformed_json"]
@@ -234,9 +235,9 @@ class PigmentStandIn:
       ``application/csv``); its records are counted with the csv module (insertedCount).
     - The request budget runs on real (monotonic) time, so a client can wait it out; the 300
       imports per hour and all timestamps follow the stand-in's clock.
-    - A push that faults with "truncate" IS recorded: Pigment started the import but the answer
-      was lost, so a client that retries pushes the same rows twice. Other faults ("status",
-      "reset", "malformed_json") record nothing; "slow" records the import normally.
+    - A push that faults with "truncate" or "malformed_json" IS recorded: Pigment started the
+      import (the status line says 200) but the answer was lost, so a client that retries pushes
+      the same rows twice. "status" and "reset" record nothing; "slow" records it normally.
     - ``request_counts`` counts every request routed to a known endpoint, including those
       refused by the budget, by auth or by a fault.
     """
@@ -746,6 +747,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._finish(endpoint, method, _error(fault.status, "Injected fault", headers))
             return
         if fault is not None and fault.kind == "malformed_json":
+            if endpoint == "push":
+                # A 200 to a push means "Import started": the import happens, the id is lost.
+                stand_in._respond(endpoint, match, split.query, self.headers, body, size)
             # Like a proxy's half-written answer: JSON content type, not JSON.
             self._finish(endpoint, method, _Response(200, b'{"events": [{"id": "oops"'))
             return

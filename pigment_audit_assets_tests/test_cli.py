@@ -146,3 +146,16 @@ def test_a_push_whose_answer_is_lost_is_not_repeated(stand_in: PigmentStandIn,
     assert sorted(row["id"] for row in stand_in.pushed_rows()) == sorted(
         event["id"] for event in stand_in.visible_events(event_day=DAY))
     assert (tmp_path / "audit_data.csv").exists()
+
+
+def test_a_key_with_a_newline_is_refused_without_showing_it(stand_in: PigmentStandIn,
+                                                            tmp_path: Path) -> None:
+    day = DAY.isoformat()
+    done = pigment_audit(stand_in, tmp_path, "--start-date", day, "--end-date", day,
+                         PIGMENT_AUDIT_API_KEY="k-secret-9\n")
+    assert done.returncode == 1 and "PIGMENT_AUDIT_API_KEY has spaces" in done.stderr
+    assert "k-secret-9" not in done.stderr + done.stdout
+    assert stand_in.request_counts["audit"] == 0
+    no_scheme = pigment_audit(stand_in, tmp_path, "--start-date", day, "--end-date", day,
+                              PIGMENT_BASE_URL="pigment.app")
+    assert no_scheme.returncode == 1 and "PIGMENT_BASE_URL='pigment.app'" in no_scheme.stderr

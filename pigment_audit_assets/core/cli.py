@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .chunks import chunk_size_bytes, write_chunks
-from .client import AUDIT_KEY_VARIABLE, IMPORT_KEY_VARIABLE, PigmentClient
+from .client import AUDIT_KEY_VARIABLE, IMPORT_KEY_VARIABLE, PigmentClient, check_base_url
 from .collect import fetch_days
 from .days import days_between, parse_zone
 from .errors import ConfigError, PigmentAuditError, PushAnswerLostError
@@ -127,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     chunk_bytes = chunk_size_bytes(args.chunk_size, "--chunk-size")
     zone = parse_zone(os.environ.get("PIGMENT_AUDIT_TIMEZONE") or "UTC")
     base_url = os.environ.get("PIGMENT_BASE_URL") or DEFAULT_BASE_URL
+    check_base_url(base_url)
     output = Path(args.output_file)
     client = PigmentClient(base_url, audit_key=audit_key, import_key=import_key or None, log=log)
     with tempfile.TemporaryDirectory(prefix="pigment-audit-") as scratch:

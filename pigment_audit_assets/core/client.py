@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 import orjson
 import requests
@@ -34,7 +35,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_before_delay,
 )
 
 from .days import format_ingested_since
@@ -139,6 +139,24 @@ def shared_pacer(limit: int = 500, window_seconds: float = 300.0) -> RequestPace
         return _shared_pacers[key]
 
 
+def check_base_url(url: str) -> None:
+    """A ConfigError naming PIGMENT_BASE_URL unless ``url`` is an http(s) URL with a host."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"PIGMENT_BASE_URL={url!r} is not an http(s) URL such as "
+                          "https://pigment.app.")
+
+
+def _check_key(key: str | None, variable: str) -> None:
+    """Refuse a key with spaces or control characters (a newline from a secrets file, say).
+
+    requests would reject it with an error quoting the whole header, key included.
+    """
+    if key and (key != key.strip() or any(ord(char) < 32 or char == "\x7f" for char in key)):
+        raise ConfigError(f"{variable} has spaces, a newline or other control characters "
+                          "around or in it: set it to the key alone.")
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -171,6 +189,8 @@ class PigmentClient:
         log: Log | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        _check_key(audit_key, AUDIT_KEY_VARIABLE)
+        _check_key(import_key, IMPORT_KEY_VARIABLE)
         self._keys = {"audit": audit_key, "import": import_key}
         self.timeout_seconds = timeout_seconds
         self.retry = retry or RetryPolicy()
@@ -222,10 +242,7 @@ class PigmentClient:
             body=open_body, headers={"Content-Type": "text/csv; charset=utf-8"},
             context=f"configuration {configuration_id}",
         )
-        import_id = body.get("importId") if isinstance(body, dict) else None
-        if not import_id:
-            raise PigmentApiError("The Import API accepted a push but returned no importId.")
-        return str(import_id)
+        return str(body["importId"])  # a 200 without one raised PushAnswerLostError
 
     def import_status(self, import_id: str) -> dict[str, Any]:
         """The status of one import, with its detailed report."""
@@ -285,20 +302,21 @@ class PigmentClient:
                 )
             except _BROKEN as error:
                 raise _Retryable(f"{type(error).__name__} from {method} {path}") from None
+            except requests.RequestException as error:
+                # InvalidHeader, InvalidURL...: a setting is wrong; their text may hold the key.
+                raise PigmentApiError(self._redact(
+                    f"Could not send {method} {self.base_url}{path}: {error}. Check "
+                    "PIGMENT_BASE_URL and the API key variables.")) from None
             finally:
                 if handle is not None:
                     handle.close()
+            started = kind == "push" and response.status_code == 200
             try:
                 content = response.content
             except _BROKEN as error:
-                if kind == "push" and response.status_code == 200:
-                    # "Import started": Pigment has the rows; a retry would import them twice.
-                    raise PushAnswerLostError(
-                        f"Pigment answered 200 (import started) to the push into {context}, "
-                        f"but the answer was cut off ({type(error).__name__}) before its "
-                        "importId: Pigment has these rows, so they must not be pushed again; "
-                        "find the import in the configuration's import history."
-                    ) from None
+                if started:
+                    raise self._answer_lost(context, f"cut off ({type(error).__name__})") \
+                        from None
                 raise _Retryable(f"a body cut short ({type(error).__name__}) from {method} "
                                  f"{path}") from None
             finally:
@@ -310,13 +328,18 @@ class PigmentClient:
                 error = self._api_error(kind, key_kind, response, context)
                 raise PigmentApiError(self._redact(str(error)), error.status)
             try:
-                return orjson.loads(content)
+                parsed = orjson.loads(content)
             except orjson.JSONDecodeError:
+                if started:  # "Import started" whatever the body says: never push it again
+                    raise self._answer_lost(context, "not JSON") from None
                 raise _Retryable(f"a body that is not JSON from {method} {path}") from None
+            if started and not (isinstance(parsed, dict) and parsed.get("importId")):
+                raise self._answer_lost(context, "without an importId")
+            return parsed
 
         retrying = Retrying(
             retry=retry_if_exception_type(_Retryable),
-            stop=stop_before_delay(self.retry.patience_seconds),
+            stop=self._stop,
             wait=self._wait,
             before_sleep=self._log_retry,
             reraise=True,
@@ -329,13 +352,31 @@ class PigmentClient:
                 f"{error.what}). Try again later, or raise the retry patience."
             ) from None
 
+    def _stop(self, state: RetryCallState) -> bool:
+        """Give up once the patience is spent, or when Pigment asks to wait beyond it."""
+        left = self.retry.patience_seconds - state.seconds_since_start
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _Retryable) and error.retry_after is not None:
+            return error.retry_after > left
+        return left <= 0
+
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, _Retryable) and error.retry_after is not None:
             return error.retry_after
         ceiling = min(self.retry.max_backoff_seconds,
                       self.retry.min_backoff_seconds * 2 ** (state.attempt_number - 1))
-        return random.uniform(ceiling / 2, ceiling)  # jitter, so parallel clients spread out
+        wait = random.uniform(ceiling / 2, ceiling)  # jitter, so parallel clients spread out
+        # Never sleep past the patience: the last attempt comes when the patience runs out.
+        return max(0.0, min(wait, self.retry.patience_seconds - state.seconds_since_start))
+
+    @staticmethod
+    def _answer_lost(context: str, how: str) -> PushAnswerLostError:
+        return PushAnswerLostError(
+            f"Pigment answered 200 (import started) to the push into {context}, but the answer "
+            f"came {how}, so its importId is unknown: Pigment has these rows, so they must not "
+            "be pushed again; find the import in the configuration's import history."
+        )
 
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

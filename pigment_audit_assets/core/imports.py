@@ -29,11 +29,12 @@ import orjson
 
 from .chunks import write_chunks
 from .client import FINAL_IMPORT_STATUSES, Log, PigmentClient
-from .errors import ImportFailedError, PushAnswerLostError
+from .errors import ImportFailedError, PigmentApiError, PushAnswerLostError
 from .storage import Storage, atomic_write
 
 REPORT_COUNTS = ("insertedCount", "updatedCount", "deletedCount", "skippedCount")
 ANSWER_LOST = "AnswerLost"  # Pigment answered 200 to the push, the import id was cut off
+STATUS_UNKNOWN = "StatusUnknown"  # Pigment answered 404 to the status of an accepted import
 
 
 @dataclass
@@ -82,6 +83,7 @@ def summarize_report(status: dict[str, Any]) -> dict[str, Any]:
     summary = (status.get("detailedReport") or {}).get("summary") or {}
     return {
         "status": status.get("importStatus"),
+        "blockType": (status.get("detailedReport") or {}).get("blockType"),
         **{name: int(summary.get(name) or 0) for name in REPORT_COUNTS},
         "errors": [f"{error.get('name', '')}: {error.get('description', '')}"
                    for error in status.get("errorsDetails") or []],
@@ -163,9 +165,20 @@ def _follow_open_imports(client: PigmentClient, record: dict[str, Any], record_p
         import_id = entry["importId"]
         if import_id is None:  # its answer was lost: no id to follow
             continue
-        if entry.get("status") not in FINAL_IMPORT_STATUSES:
-            status = client.wait_for_import(import_id, poll_seconds=poll_seconds,
-                                            timeout_seconds=poll_timeout_seconds)
+        if entry.get("status") not in FINAL_IMPORT_STATUSES | {STATUS_UNKNOWN}:
+            try:
+                status = client.wait_for_import(import_id, poll_seconds=poll_seconds,
+                                                timeout_seconds=poll_timeout_seconds)
+            except PigmentApiError as error:
+                if error.status != 404:
+                    raise
+                # Pigment no longer knows the import (an old one, say): its rows were accepted,
+                # so they count as pushed; record it and go on rather than fail the day forever.
+                entry["status"] = STATUS_UNKNOWN
+                save_record(record_path, record)
+                log.warning(f"Import {import_id}: Pigment has no status for it any more (404); "
+                            "recorded as StatusUnknown, its events count as pushed.")
+                continue
             report = summarize_report(status)
             entry["status"] = report["status"]
             entry["report"] = report

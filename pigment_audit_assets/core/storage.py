@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
@@ -51,10 +53,21 @@ def atomic_write(path: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[I
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        _fsync_folder(path.parent)  # the rename itself survives a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    if os.name == "nt":  # folders cannot be opened for fsync on Windows
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class Storage:
@@ -83,6 +96,22 @@ class Storage:
     def import_record_path(self, day: date) -> Path:
         """The day's import record: event ids pushed, chunks, import ids, reports."""
         return self.root / "imports" / f"{day.isoformat()}.json"
+
+    def remove_stale_scratch(self, older_than_seconds: float = 6 * 3600) -> list[Path]:
+        """Remove scratch left by killed processes: work folders and ``.*.tmp`` files.
+
+        Only what has not been touched for ``older_than_seconds``, so a step running elsewhere
+        at the same time keeps its files. Returns what was removed.
+        """
+        cutoff = time.time() - older_than_seconds
+        stale = [path for path in (*self.root.glob("work/*"), *self.root.glob("*/.*.tmp"))
+                 if path.stat().st_mtime < cutoff]
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return stale
 
     def work_dir(self, name: str) -> Path:
         """A scratch folder for one step's temporary files (chunks, scan spools)."""

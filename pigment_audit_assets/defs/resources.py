@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
-from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -16,6 +15,7 @@ from ..core.client import (
     Log,
     PigmentClient,
     RetryPolicy,
+    check_base_url,
     shared_pacer,
 )
 from ..core.collect import ScanResult, fetch_days
@@ -90,14 +90,12 @@ class PigmentResource(dg.ConfigurableResource):
         first step of a run checks for every asset the run will materialize, so a run fails at
         its start, before any request or file.
         """
-        parsed = urlparse(self.base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(f"PIGMENT_BASE_URL={self.base_url!r} is not an http(s) URL such "
-                              "as https://pigment.app.")
+        check_base_url(self.base_url)
         self.zone()
         self.storage()
         for name in ("retry_patience_seconds", "timeout_seconds", "retry_min_backoff_seconds",
-                     "retry_max_backoff_seconds", "window_seconds"):
+                     "retry_max_backoff_seconds", "window_seconds", "import_poll_seconds",
+                     "import_poll_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, not "
                                   f"{getattr(self, name)!r}.")
@@ -131,6 +129,8 @@ class PigmentResource(dg.ConfigurableResource):
     def fetch_days(self, days: list[date], log: Log) -> ScanResult:
         """Scan the Audit API once and write the raw (and rejects) file of every day."""
         storage, zone = self.storage(), self.zone()
+        for path in storage.remove_stale_scratch():
+            log.info(f"Removed scratch left by an interrupted run: {path}")
         client = self.client(log, audit=True)
         try:
             return fetch_days(client, days, zone, storage, now=datetime.now(timezone.utc), log=log)
