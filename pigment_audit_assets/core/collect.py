@@ -46,10 +46,11 @@ from .storage import Storage, atomic_write
 PROGRESS_EVERY_PAGES = 10
 ONE_DAY = timedelta(days=1)
 # The in-memory spool's budget, and what one event's index entry costs in it (its id, time,
-# type and line position, in a set, a tuple and a day's list): about 100,000 events. Past it,
-# the spool moves to SQLite on disk.
-MEMORY_BUDGET = 48 * 1024 * 1024
-INDEX_ENTRY_BYTES = 400
+# type and line position, in a set, a tuple and a day's list, with the allocator's slack):
+# about 110,000 events, 40-45 MB of RSS. Past it, the spool moves to SQLite on disk. A day of
+# 1,000,000 events peaks at about 90 MB (issue 5's limit: 100 MB).
+MEMORY_BUDGET = 40 * 1024 * 1024
+INDEX_ENTRY_BYTES = 384
 READ_RUN, READ_STRETCH = 1000, 4 * 1024 * 1024  # writing a day: 1,000 lines from ≤ 4 MiB reads
 
 _Row = tuple[str, str, int, str, bytes]  # an event: id, day, epoch µs, type, line
@@ -323,19 +324,20 @@ class _Spool:
         sqlite = _SqliteSpool(self.work / "spool.sqlite")
         self.lines.flush()
         read, fd = os.pread, self.lines.fileno()
+        self.ids = set()
         for day, entries in self.days.items():
-            for start in range(0, len(entries), 10_000):  # 10,000 lines at a time
+            while entries:  # 1,000 lines at a time, dropping the entries moved: a flat peak
                 sqlite.add_events([
                     (event_id, day, at, event_type, read(fd, length - 1, offset))
-                    for at, event_id, event_type, offset, length
-                    in entries[start:start + 10_000]])
+                    for at, event_id, event_type, offset, length in entries[-1000:]])
+                del entries[-1000:]
         sqlite.connection.executemany("UPDATE events SET before = 1 WHERE id = ?",
                                       ((event_id,) for event_id in self.before))
         sqlite.connection.executemany("UPDATE events SET scanned = 0 WHERE id = ?",
                                       ((event_id,) for event_id in self.unscanned))
         sqlite.add_rejects([(day, reason, line) for (day, line), reason in self.rejects.items()])
         self.sqlite = sqlite
-        self.ids, self.days, self.before, self.unscanned, self.rejects = set(), {}, set(), set(), {}
+        self.days, self.before, self.unscanned, self.rejects = {}, set(), set(), {}
         self.lines.truncate(0)
 
     def close(self) -> None:
