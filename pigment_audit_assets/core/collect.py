@@ -215,7 +215,8 @@ class _Spool:
         self.lines = open(work / "lines.jsonl", "w+b")  # noqa: SIM115 - closed in close()
         self.size = 0  # bytes written to self.lines
         self.ids: set[str] = set()
-        self.days: dict[str, list[tuple[int, str, str, int, int]]] = {}  # (at, id, type, where)
+        # day -> (at, id, type, offset, length) of its events; offset and length in self.lines
+        self.days: dict[str, list[tuple[int, str, str, int, int]]] = {}
         self.before: set[str] = set()  # ids found in a day's previous file
         self.unscanned: set[str] = set()  # ids only found there
         self.rejects: dict[tuple[str, bytes], str] = {}  # (day, line) -> first reason
@@ -237,22 +238,23 @@ class _Spool:
             entries.append((at, event_id, event_type, offset, len(line) + 1))
             lines.append(line)
             offset += len(line) + 1
-        if lines:
+        added = len(lines)
+        if added:
             lines.append(b"")  # the last line's newline
             self.lines.write(b"\n".join(lines))
             self.size = offset
             self._check_budget()
-        return len(lines) - 1 if lines else 0
+        return added
 
     def add_previous(self, row: _Row) -> None:
         """An event of the day's previous file: marked as stored before, added if not seen."""
         if self.sqlite is not None:
             return self.sqlite.add_previous(row)
         event_id = row[0]
+        self.before.add(event_id)  # before adding: adding may move everything to SQLite
         if event_id not in self.ids:
             self.unscanned.add(event_id)
             self.add_events([row])
-        self.before.add(event_id)
 
     def add_rejects(self, rows: list[tuple[str, str, bytes]]) -> None:
         """Add ``(day, reason, line)`` rows; a line already rejected for its day keeps its
