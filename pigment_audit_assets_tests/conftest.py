@@ -8,9 +8,11 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 
 from pigment_audit_assets.core.client import PigmentClient, RequestPacer, RetryPolicy
+from pigment_audit_assets.defs.assets import build_assets
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 
 AUDIT_KEY = "test-audit-key-5f1c9e"
@@ -21,6 +23,10 @@ TODAY = datetime.now(timezone.utc).date()
 DAY = TODAY - timedelta(days=10)
 STAND_IN_NOW = datetime.combine(TODAY - timedelta(days=2), time(12), tzinfo=timezone.utc)
 log = logging.getLogger("pigment_audit_tests")
+# The project's three assets over daily partitions that start 60 days ago.
+PARTITIONS = dg.DailyPartitionsDefinition(start_date=(TODAY - timedelta(days=60)).isoformat(),
+                                          end_offset=0)
+ASSETS = build_assets(PARTITIONS)
 
 
 def days_before(day: date, count: int) -> list[date]:

@@ -16,22 +16,18 @@ from dagster._core.storage.tags import (
 )
 
 from pigment_audit_assets.core.storage import Storage
-from pigment_audit_assets.defs.assets import FORCE_REPUSH_TAG, build_assets
+from pigment_audit_assets.defs.assets import FORCE_REPUSH_TAG
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets_tests.conftest import (
+    ASSETS,
     AUDIT_KEY,
     DAY,
     IMPORT_KEY,
-    TODAY,
     days_before,
     resource_settings,
 )
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
-
-PARTITIONS = dg.DailyPartitionsDefinition(start_date=(TODAY - timedelta(days=60)).isoformat(),
-                                          end_offset=0)
-ASSETS = build_assets(PARTITIONS)
 
 
 def run(resource: PigmentResource, *, day: str | None = None, first: str | None = None,

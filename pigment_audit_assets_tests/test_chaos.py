@@ -24,15 +24,16 @@ from dagster._core.storage.tags import (
 
 from pigment_audit_assets.core.imports import ANSWER_LOST
 from pigment_audit_assets.core.storage import Storage
-from pigment_audit_assets.defs.assets import build_assets
 from pigment_audit_assets.defs.resources import PigmentResource
-from pigment_audit_assets_tests.conftest import DAY, TODAY, days_before, resource_settings
+from pigment_audit_assets_tests.conftest import (
+    ASSETS,
+    DAY,
+    days_before,
+    resource_settings,
+)
 from pigment_audit_assets_tests.stand_in import FAULT_KINDS, PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
 
-PARTITIONS = dg.DailyPartitionsDefinition(start_date=(TODAY - timedelta(days=60)).isoformat(),
-                                          end_offset=0)
-ASSETS = build_assets(PARTITIONS)
 DAYS = days_before(DAY, 3)
 
 

@@ -13,15 +13,11 @@ from pigment_audit_assets.core.imports import ImportOutcome, save_record
 from pigment_audit_assets.core.storage import Storage
 from pigment_audit_assets.core.table import write_csv
 from pigment_audit_assets.defs import checks
-from pigment_audit_assets.defs.assets import build_assets
 from pigment_audit_assets.defs.resources import PigmentResource
-from pigment_audit_assets_tests.conftest import DAY, TODAY, resource_settings
+from pigment_audit_assets_tests.conftest import ASSETS, DAY, resource_settings
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
 
-PARTITIONS = dg.DailyPartitionsDefinition(start_date=(TODAY - timedelta(days=60)).isoformat(),
-                                          end_offset=0)
-ASSETS = build_assets(PARTITIONS)
 UTC = parse_zone("UTC")
 
 

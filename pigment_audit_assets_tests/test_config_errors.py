@@ -14,16 +14,12 @@ import dagster as dg
 import pytest
 
 from pigment_audit_assets.core.errors import ConfigError
-from pigment_audit_assets.defs.assets import build_assets
 from pigment_audit_assets.defs.partitions import daily_partitions
 from pigment_audit_assets.defs.resources import PigmentResource
-from pigment_audit_assets_tests.conftest import DAY, TODAY, resource_settings
+from pigment_audit_assets_tests.conftest import ASSETS, DAY, resource_settings
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
 
-PARTITIONS = dg.DailyPartitionsDefinition(start_date=(TODAY - timedelta(days=60)).isoformat(),
-                                          end_offset=0)
-ASSETS = build_assets(PARTITIONS)
 REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
 

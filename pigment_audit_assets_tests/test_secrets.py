@@ -17,22 +17,18 @@ import pytest
 from dagster._serdes import serialize_value
 
 from pigment_audit_assets.core.errors import PigmentApiError
-from pigment_audit_assets.defs.assets import build_assets
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets_tests.conftest import (
+    ASSETS,
     AUDIT_KEY,
     DAY,
     IMPORT_KEY,
-    TODAY,
     make_client,
     resource_settings,
 )
 from pigment_audit_assets_tests.stand_in import Fault, PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
 
-PARTITIONS = dg.DailyPartitionsDefinition(start_date=(TODAY - timedelta(days=60)).isoformat(),
-                                          end_offset=0)
-ASSETS = build_assets(PARTITIONS)
 KEYS = (AUDIT_KEY, IMPORT_KEY)
 # The keys' distinctive tails too, in case something printed them cut or partly masked.
 NEEDLES = [*KEYS, AUDIT_KEY[-8:], IMPORT_KEY[-8:]]
