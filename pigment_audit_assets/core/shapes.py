@@ -1,0 +1,202 @@
+"""Event shapes, with a small function compiled per shape that writes an event's CSV cells.
+
+An event's *shape* is its structure: the keys of every object, in order, the length of every
+list, and which positions hold an object or a list, recursively. Leaf types are not part of it:
+``None``, text, numbers and booleans at one place all give the same column. Events of one shape
+flatten to the same column names, so names are computed once per shape; and a function
+compiled for the shape reads an event's leaves by position (unpacking ``dict.values()``: no key
+lookups, no recursion) and formats them with one f-string. Audit events of one type nearly
+always share a shape, which is why this pays: a day of 100,000 synthetic events has about ten.
+
+The compiled ``render(event)`` returns, for an event whose top-level keys are the shape's:
+
+- ``None`` when the event does not have this shape;
+- its cells, quoted as ``csv.writer`` quotes them, joined by :data:`CELL_SEPARATOR` (the
+  ASCII unit separator): one f-string, and a regular expression over the joined text that
+  quotes only the cells that need it;
+- the list of its cells when a text holds the unit or the record separator itself (rare).
+
+Cells follow ``csv.writer`` with QUOTE_MINIMAL, as the community script wrote them: ``None``
+is an empty cell, anything else is ``str()`` (for floats the same as ``repr``), and a cell
+holding a comma, a double quote, CR or LF is quoted with its double quotes doubled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .flatten import flatten_event, iter_flat
+
+# Bigger shapes are written through the generic path (same output): compiling a function per
+# odd, huge event would cost more than it saves.
+MAX_SHAPE_LEAVES = 1000
+MAX_SHAPE_CONTAINERS = 200
+# Shapes tried per (top-level keys, event type) before going to the exact structure lookup.
+MAX_CANDIDATES = 16
+
+# Between the cells of a rendered event, and after each event in a scratch file: ASCII's unit
+# and record separators, which audit texts practically never hold (when one does, render
+# returns a list instead).
+CELL_SEPARATOR = "\x1f"
+RECORD_SEPARATOR = "\x1e"
+
+Render = Callable[[dict[str, Any]], "str | list[str] | None"]
+
+def quote_cells(text: str) -> str:
+    """Quote, in separator-joined cells, those that ``csv.writer`` would quote."""
+    return CELL_SEPARATOR.join([
+        '"' + cell.replace('"', '""') + '"'
+        if "," in cell or '"' in cell or "\n" in cell or "\r" in cell else cell
+        for cell in text.split(CELL_SEPARATOR)])
+
+
+def cell_text(value: Any) -> str:
+    """One leaf as the text of its CSV cell, quoted as ``csv.writer`` quotes it."""
+    if value is None:
+        return ""
+    text = value if type(value) is str else str(value)
+    if "," in text or '"' in text or "\n" in text or "\r" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def structure(event: dict[str, Any]) -> tuple[Any, ...]:
+    """The exact shape key of ``event``: keys, list lengths and container positions."""
+    key: list[Any] = []
+    stack: list[Any] = [event]
+    while stack:  # iterative: no recursion limit on odd payloads
+        node = stack.pop()
+        if type(node) is dict:
+            key.append(tuple(node))
+            children: Any = node.values()
+        else:
+            key.append(len(node))
+            children = node
+        kinds = tuple([1 if type(child) is dict else 2 if type(child) is list else 0
+                       for child in children])
+        key.append(kinds)
+        stack.extend(child for child, kind in zip(children, kinds, strict=True) if kind)
+    return tuple(key)
+
+
+@dataclass
+class Shape:
+    """One shape: its column names, its collided names and its compiled ``render``."""
+
+    number: int
+    names: list[str]  # distinct column names, in order of first appearance in the event
+    collided: list[str]  # a name per value overwritten by a later leaf of the same name
+    render: Render
+    count: int = field(default=0)
+
+
+def _has_container(leaves: tuple[Any, ...]) -> bool:
+    """Whether a value where the shape has a leaf is an object or a list: another shape."""
+    return any(type(value) is dict or type(value) is list for value in leaves)
+
+
+def _cell_list(cell_leaves: tuple[int, ...], leaves: tuple[Any, ...]) -> list[str]:
+    """The event's cells as a list: for texts holding a separator."""
+    return [cell_text(leaves[index]) for index in cell_leaves]
+
+
+def compile_shape(event: dict[str, Any], number: int) -> Shape | None:
+    """A :class:`Shape` for ``event``'s shape, or None if it is too big to compile.
+
+    The caller guarantees that events handed to ``render`` have ``event``'s top-level keys;
+    everything below the top level is checked by ``render`` itself.
+    """
+    plan = _plan(event)
+    if plan is None:
+        return None
+    tree, leaf_count = plan
+    row, collided = flatten_event(event)
+    names = list(row)
+    leaf_names = [name for name, _ in iter_flat(event)]
+    if len(leaf_names) != leaf_count:  # the plan numbers leaves in iter_flat's order
+        raise AssertionError("shape plan and iter_flat disagree on the leaves")
+    last_leaf = {name: index for index, name in enumerate(leaf_names)}  # the last one wins
+    cell_leaves = tuple(last_leaf[name] for name in names)
+
+    constants: dict[str, Any] = {"_has_container": _has_container, "_cell_list": _cell_list,
+                                 "_cells": cell_leaves, "_quote": quote_cells}
+    body = ["def render(event):"]
+    pending: list[tuple[tuple[Any, ...], str, bool]] = [(tree, "event", True)]
+    while pending:  # parents before children: a child's variable comes from its parent
+        (kind, spec, children, _), variable, top = pending.pop()
+        if not top:  # the top level's keys were checked by the caller
+            if kind == "dict":
+                constant = f"k{len(constants)}"
+                constants[constant] = spec
+                body.append(f" if type({variable}) is not dict or tuple({variable}) != "
+                            f"{constant}: return None")
+            else:
+                body.append(f" if type({variable}) is not list or len({variable}) != {spec}: "
+                            "return None")
+        targets = [f"v{child}" if isinstance(child, int) else f"c{child[3]}"
+                   for child in children]
+        if targets:
+            source = f"{variable}.values()" if kind == "dict" else variable
+            body.append(f" ({', '.join(targets)},) = {source}")
+        pending.extend((child, f"c{child[3]}", False)
+                       for child in reversed(children) if not isinstance(child, int))
+    # A leaf overwritten by a later one of the same name has no cell: check its type here.
+    for index in sorted(set(range(leaf_count)) - set(cell_leaves)):
+        body.append(f" if type(v{index}) is dict or type(v{index}) is list: return None")
+    cells = [f"v{index}" for index in cell_leaves]
+    joined = "\\x1f".join(f"{{'' if {cell} is None else {cell}}}" for cell in cells)
+    leaves = "".join(f"v{index}, " for index in range(leaf_count))
+    body += [
+        f" text = f\"{joined}\"",
+        # An object or a list where the shape has a leaf shows as braces or brackets; texts
+        # may hold them too, so only then are the leaves' types checked.
+        " if ('{' in text or '[' in text) and _has_container((" + leaves + ")): return None",
+        " if '\\x1e' in text or text.count('\\x1f') != " + str(max(len(cells) - 1, 0)) + ":",
+        "  return _cell_list(_cells, (" + leaves + "))",
+        " if '\"' in text or ',' in text or '\\n' in text or '\\r' in text:",
+        "  return _quote(text)",
+        " return text",
+    ]
+    namespace = dict(constants)
+    exec(compile("\n".join(body), f"<shape {number}>", "exec"), namespace)
+    return Shape(number=number, names=names, collided=collided, render=namespace["render"])
+
+
+def _plan(event: dict[str, Any]) -> tuple[tuple[Any, ...], int] | None:
+    """The event's containers as a tree, leaves numbered depth first; None if too big.
+
+    A container is ``(kind, keys or length, children, number)``; a leaf child is its index.
+    """
+    leaves = 0
+    containers = 0
+
+    def visit(node: Any) -> tuple[Any, ...]:
+        nonlocal leaves, containers
+        containers += 1
+        number = containers
+        if containers > MAX_SHAPE_CONTAINERS:
+            raise _TooBig
+        children: list[Any] = []
+        for child in (node.values() if type(node) is dict else node):
+            if type(child) is dict or type(child) is list:
+                children.append(visit(child))  # its leaves come before the next sibling's
+            else:
+                children.append(leaves)
+                leaves += 1
+                if leaves > MAX_SHAPE_LEAVES:
+                    raise _TooBig
+        if type(node) is dict:
+            return ("dict", tuple(node), children, number)
+        return ("list", len(node), children, number)
+
+    try:
+        tree = visit(event)
+    except _TooBig:
+        return None
+    return tree, leaves
+
+
+class _TooBig(Exception):
+    """The event's shape is too big to compile."""
