@@ -9,10 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from pigment_audit_assets.core import collect
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.days import parse_zone
 from pigment_audit_assets.core.errors import LookbackError, PigmentApiError
 from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.table import CsvTable, write_csv
 from pigment_audit_assets_tests.conftest import (
     AUDIT_KEY,
     DAY,
@@ -155,3 +157,39 @@ def test_wrong_key_fails_at_once_naming_the_variable(stand_in: PigmentStandIn,
                    log=log)
     assert "not-the-key-123" not in str(error.value) and "not-the-key-123" not in repr(client)
     assert stand_in.request_counts["audit"] == 1
+
+
+@pytest.mark.parametrize("budget", [None, 4096], ids=["in memory", "spilled to SQLite"])
+def test_a_table_filled_during_the_scan_gives_the_csv_of_the_raw_files(
+        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        budget: int | None) -> None:
+    """The command line's CSV (rendered while scanning) is the CSV of the day files."""
+    if budget is not None:
+        monkeypatch.setattr(collect, "MEMORY_BUDGET", budget)
+    days = [DAY - timedelta(days=1), DAY]
+    fill(stand_in, days, 150)
+    events = synthetic_events(DAY, 60, seed=5)
+    stand_in.add_events(events)
+    stand_in.add_events(events[:30])  # served twice
+    ingested = f"{DAY.isoformat()}T12:00:00.000Z"
+    odd = [  # a collision, an object where others have text, and one too wide to compile
+        {"id": "odd-1", "eventTimestamp": f"{DAY}T01:00:00Z", "ingestionTimestamp": ingested,
+         "a_b": 1, "a": {"b": 2}},
+        {"id": "odd-2", "eventTimestamp": f"{DAY}T01:00:00Z", "ingestionTimestamp": ingested,
+         "a_b": {"c": "x, y"}, "a": {"b": 2}},
+        {"id": "odd-3", "eventTimestamp": f"{DAY}T02:00:00Z", "ingestionTimestamp": ingested,
+         **{f"f{number}": number for number in range(1500)}},
+    ]
+    stand_in.add_events(odd)
+    storage = Storage(tmp_path / "store")
+    earlier = synthetic_events(DAY, 5, seed=77, id_prefix="old-")  # kept from a previous scan
+    storage.raw_path(DAY).parent.mkdir(parents=True)
+    storage.raw_path(DAY).write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in earlier))
+    with CsvTable(tmp_path / "scratch") as table:
+        scan = fetch_days(make_client(stand_in), days, parse_zone("UTC"), storage,
+                          now=STAND_IN_NOW, log=log, table=table)
+        fused = table.write(tmp_path / "fused.csv")
+    plain = write_csv([storage.raw_path(day) for day in days], tmp_path / "plain.csv")
+    assert fused.rows == plain.rows == sum(day.events for day in scan.days.values()) == 368
+    assert (tmp_path / "fused.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
+    assert fused.collisions == plain.collisions == 1

@@ -10,6 +10,10 @@ time, then id, which makes a re-run produce the same file.
 A day's new file is the union of what the scan found and what the day's file already held: an
 event stored earlier is never lost because a later scan did not return it. Events that are not
 JSON objects, lack an id or lack a parseable ``eventTimestamp`` go to the day's rejects file.
+
+Given a :class:`CsvTable`, the scan also renders each event's CSV cells while the event is
+parsed, keeps them beside its line, and adds them to the table in the order of the day files:
+the command line writes its CSV without parsing the events a second time.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sqlite3
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from operator import itemgetter
@@ -42,6 +46,7 @@ from .days import (
     parse_timestamp,
 )
 from .storage import Storage, atomic_write
+from .table import CsvTable
 
 PROGRESS_EVERY_PAGES = 10
 ONE_DAY = timedelta(days=1)
@@ -180,6 +185,11 @@ class _SqliteSpool:
             (day,))
         handle.writelines(map(itemgetter(0), lines))
 
+    def sorted_payloads(self, day: str) -> Iterator[bytes]:
+        """The day's stored lines (with their cells, if rendered), by event time then id."""
+        return map(itemgetter(0), self.connection.execute(
+            "SELECT line FROM events WHERE day = ? ORDER BY at, id", (day,)))
+
     def day_types(self, day: str) -> list[_TypeCount]:
         """Per event type, in order of first appearance: count, added, kept, first and last."""
         return [(event_type, count, int(added), int(kept), low, high)
@@ -267,10 +277,42 @@ class _Spool:
                 self.reject_bytes += len(line)
         self._check_budget()
 
-    def write_day(self, day: str, handle: IO[bytes]) -> None:
-        """The day's lines, sorted by event time then id, one per line."""
+    def write_day(self, day: str, handle: IO[bytes], table: CsvTable | None = None) -> None:
+        """The day's lines, sorted by event time then id, one per line; with ``table``, each
+        event's cells (stored after its line) go to the table as its rows."""
+        if table is not None:
+            lines: list[bytes] = []
+            add = table.add
+            for payload in self.sorted_payloads(day):
+                line, _, rendered = payload.partition(b"\n")
+                kind, _, cells = rendered.partition(b" ")
+                lines.append(line)
+                add(int(kind), cells)
+                if len(lines) >= READ_RUN:
+                    lines.append(b"")
+                    handle.write(b"\n".join(lines))
+                    lines.clear()
+            if lines:
+                lines.append(b"")
+                handle.write(b"\n".join(lines))
+            return
         if self.sqlite is not None:
             return self.sqlite.write_day(day, handle)
+        for stretch, slices in self._sorted_stretches(day):
+            handle.writelines(stretch[start:end] for start, end in slices)
+
+    def sorted_payloads(self, day: str) -> Iterator[bytes]:
+        """The day's stored lines (with their cells, if rendered), by event time then id."""
+        if self.sqlite is not None:
+            yield from self.sqlite.sorted_payloads(day)
+            return
+        for stretch, slices in self._sorted_stretches(day):
+            for start, end in slices:
+                yield stretch[start:end - 1]  # without the newline
+
+    def _sorted_stretches(self, day: str) -> Iterator[tuple[bytes, list[tuple[int, int]]]]:
+        """The day's stored lines, by time then id: stretches of the scratch file, and where
+        each line (with its newline) lies in its stretch."""
         entries = self.days.get(day)
         if not entries:
             return
@@ -284,12 +326,11 @@ class _Spool:
             low = min(offset for _, _, _, offset, _ in run)
             high = max(offset + length for _, _, _, offset, length in run)
             if high - low <= READ_STRETCH:
-                stretch = os.pread(fd, high - low, low)
-                handle.writelines(stretch[offset - low:offset - low + length]
-                                  for _, _, _, offset, length in run)
+                yield os.pread(fd, high - low, low), [
+                    (offset - low, offset - low + length) for _, _, _, offset, length in run]
             else:
-                handle.writelines(os.pread(fd, length, offset)
-                                  for _, _, _, offset, length in run)
+                for _, _, _, offset, length in run:
+                    yield os.pread(fd, length, offset), [(0, length)]
 
     def day_types(self, day: str) -> list[_TypeCount]:
         """Per event type, in order of first appearance: count, added, kept, first and last."""
@@ -374,8 +415,12 @@ def fetch_days(
     now: datetime,
     log: Log,
     on_page: Any = None,
+    table: CsvTable | None = None,
 ) -> ScanResult:
-    """Scan the Audit API once for ``days`` and write each day's raw and rejects files."""
+    """Scan the Audit API once for ``days`` and write each day's raw and rejects files.
+
+    With ``table``, each day's events are also added to it as CSV rows, in file order.
+    """
     wanted = sorted(set(days))
     if not wanted:
         raise ValueError("no days to fetch")
@@ -406,8 +451,10 @@ def fetch_days(
                 if event_day not in wanted_set:
                     result.outside_range += 1
                     continue
-                rows.append((event_id, day_keys[event_day], at, _event_type(item),
-                             orjson.dumps(item)))
+                line = orjson.dumps(item)
+                if table is not None:  # rendered now, while parsed: stored after the line
+                    line = b"%b\n%d %b" % (line, *table.render(item))
+                rows.append((event_id, day_keys[event_day], at, _event_type(item), line))
             result.duplicates += len(rows) - spool.add_events(rows)
             if rejects:
                 result.rejected += len(rejects)
@@ -423,14 +470,15 @@ def fetch_days(
                  f"{result.duplicates} duplicate(s), {result.rejected} rejected, "
                  f"{result.outside_range} outside the days asked for.")
         for day in wanted:
-            result.days[day] = _write_day(spool, storage, day, zone, log)
+            result.days[day] = _write_day(spool, storage, day, zone, log, table)
     finally:
         spool.close()
         shutil.rmtree(work, ignore_errors=True)
     return result
 
 
-def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo) -> None:
+def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo,
+                    table: CsvTable | None) -> None:
     if not path.exists():
         return
     with open(path, "rb") as previous:
@@ -442,17 +490,21 @@ def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo) -> None
             if isinstance(placed, str):
                 continue
             event_id, _, at = placed
-            spool.add_previous((event_id, key, at, _event_type(item), line.rstrip(b"\r\n")))
+            payload = line.rstrip(b"\r\n")
+            if table is not None:
+                payload = b"%b\n%d %b" % (payload, *table.render(item))
+            spool.add_previous((event_id, key, at, _event_type(item), payload))
 
 
-def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log) -> DayFile:
+def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
+               table: CsvTable | None) -> DayFile:
     key = day.isoformat()
     path = storage.raw_path(day)
     previous_digest = _digest(path)
-    _merge_previous(spool, path, key, zone)
+    _merge_previous(spool, path, key, zone, table)
     day_file = DayFile(day=day, path=path)
     with atomic_write(path, "wb") as handle:
-        spool.write_day(key, handle)
+        spool.write_day(key, handle, table)
     first_at = last_at = None
     for event_type, count, added, kept, low, high in spool.day_types(key):
         day_file.event_types[event_type or "(none)"] += count

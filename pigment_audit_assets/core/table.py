@@ -82,51 +82,81 @@ def iter_raw_events(raw_paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
                     yield event
 
 
-class _Scan:
-    """The first pass: each event's shape and cells; column densities and first appearances."""
+class CsvTable:
+    """A CSV being built: events rendered as they come, rows added in CSV order, then written.
 
-    def __init__(self) -> None:
+    :meth:`render` turns an event into its *kind* (which shape, and how its cells are kept)
+    and its cells; :meth:`add` appends them as the next row. The two are apart so that a scan
+    can render each event once, when it is parsed, and add the rows later in the order of the
+    day files (:func:`fetch_days` with ``table=``); :func:`write_csv` does both from raw files.
+    Rows are kept in a scratch file until :meth:`write`, which needs them all to order columns.
+    """
+
+    def __init__(self, scratch_dir: Path) -> None:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        self.spool: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115 - closed in close()
+            dir=scratch_dir, prefix=".cells-")
         self.shapes: list[Shape] = []
         self.by_structure: dict[tuple[Any, ...], Shape] = {}
         # (top-level keys, event type) -> shapes seen with them: usually one, tried in turn.
         self.candidates: dict[tuple[Any, ...], list[Shape]] = {}
-        self.kinds = array("I")  # per event, what its scratch line holds (see UNSHAPED)
+        self.kinds = array("I")  # per row, what its scratch record holds (see UNSHAPED)
         self.first_seen: dict[str, None] = {}  # column names in order of first appearance
+        self.seen_kinds: set[int] = set()
         self.unshaped_density: Counter[str] = Counter()
         self.unshaped_collided: Counter[str] = Counter()
+        self.batch: list[bytes] = []  # records not yet written to the spool
 
-    def read(self, raw_paths: list[Path], spool: IO[bytes]) -> None:
-        """Read every event, keeping its kind here and its cells as one record of ``spool``."""
-        candidates_get = self.candidates.get
-        add_kind = self.kinds.append
-        dumps = orjson.dumps
-        separator = RECORD_SEPARATOR.encode()
-        lines: list[bytes] = []  # encoded one by one: a joined str takes its widest character
-        for event in iter_raw_events(raw_paths):
-            kind = event.get("eventType")
-            key = (tuple(event), kind if type(kind) is str else None)
-            for shape in candidates_get(key, ()):
-                cells = shape.render(event)
-                if cells is not None:
-                    break
-            else:  # a shape not seen with these keys and type: the exact lookup
-                shape, cells = self._identify(event, key)
-            if shape is None:
-                add_kind(UNSHAPED)
-                lines.append(dumps(cells))
-            elif type(cells) is str:
-                add_kind(shape.number * 2)
-                lines.append(cells.encode())
-            else:
-                add_kind(shape.number * 2 + 1)
-                lines.append(dumps(cells))
-            if len(lines) >= BATCH_EVENTS:
-                lines.append(b"")  # the last record's separator
-                spool.write(separator.join(lines))
-                lines.clear()
-        if lines:
-            lines.append(b"")
-            spool.write(separator.join(lines))
+    def __enter__(self) -> CsvTable:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the scratch file."""
+        self.spool.close()
+
+    def render(self, event: dict[str, Any]) -> tuple[int, bytes]:
+        """The event's kind and its cells, as :meth:`add` takes them."""
+        kind = event.get("eventType")
+        key = (tuple(event), kind if type(kind) is str else None)
+        for shape in self.candidates.get(key, ()):
+            cells = shape.render(event)
+            if cells is not None:
+                break
+        else:  # a shape not seen with these keys and type: the exact lookup
+            shape, cells = self._identify(event, key)
+        if shape is None:
+            return UNSHAPED, orjson.dumps(cells)
+        if type(cells) is str:
+            return shape.number * 2, cells.encode()
+        return shape.number * 2 + 1, orjson.dumps(cells)
+
+    def add(self, kind: int, cells: bytes) -> None:
+        """Append one rendered event as the CSV's next row."""
+        self.kinds.append(kind)
+        if kind not in self.seen_kinds:
+            self._first_appearance(kind, cells)
+        batch = self.batch
+        batch.append(cells)
+        if len(batch) >= BATCH_EVENTS:
+            self._flush()
+
+    def _first_appearance(self, kind: int, cells: bytes) -> None:
+        if kind == UNSHAPED:  # every one is counted on its own, by its names
+            record = orjson.loads(cells)
+            self.first_seen.update(dict.fromkeys(record["cells"]))
+            self.unshaped_density.update(record["cells"].keys())
+            self.unshaped_collided.update(record["collided"])
+        else:
+            self.seen_kinds.add(kind)
+            self.first_seen.update(dict.fromkeys(self.shapes[kind >> 1].names))
+
+    def _flush(self) -> None:
+        self.batch.append(b"")  # the last record's separator
+        self.spool.write(RECORD_SEPARATOR.encode().join(self.batch))
+        self.batch.clear()
 
     def _identify(self, event: dict[str, Any], key: tuple[Any, ...]
                   ) -> tuple[Shape | None, Any]:
@@ -138,13 +168,10 @@ class _Scan:
             if shape is not None:  # else too big to compile: written the generic way
                 self.shapes.append(shape)
                 self.by_structure[shape_key] = shape
-                self.first_seen.update(dict.fromkeys(shape.names))
         if shape is None:
             row, collided = flatten_event(event)
-            self.first_seen.update(dict.fromkeys(row))
-            self.unshaped_density.update(row.keys())
-            self.unshaped_collided.update(collided)
-            return None, {name: cell_text(value) for name, value in row.items()}
+            return None, {"cells": {name: cell_text(value) for name, value in row.items()},
+                          "collided": collided}
         candidates = self.candidates.setdefault(key, [])
         if len(candidates) < MAX_CANDIDATES and not any(known is shape for known in candidates):
             candidates.append(shape)
@@ -168,38 +195,45 @@ class _Scan:
         columns = [name for name, _ in sorted(density.items(), key=lambda item: -item[1])]
         return columns, collided
 
-
-def write_csv(raw_paths: Iterable[Path], csv_path: Path) -> CsvSummary:
-    """Flatten the events of ``raw_paths`` into one CSV at ``csv_path``, atomically."""
-    raw_paths = list(raw_paths)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=csv_path.parent, prefix=".cells-") as spool:
-        scan = _Scan()
-        scan.read(raw_paths, spool)
-        columns, collided = scan.columns()
-        summary = CsvSummary(path=csv_path, rows=len(scan.kinds), columns=columns,
+    def write(self, csv_path: Path) -> CsvSummary:
+        """Write the rows added so far into one CSV at ``csv_path``, atomically."""
+        if self.batch:
+            self._flush()
+        columns, collided = self.columns()
+        summary = CsvSummary(path=csv_path, rows=len(self.kinds), columns=columns,
                              collisions=collided.total(), collided_columns=collided)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(csv_path, "wb") as handle:
             if columns:
                 header = io.StringIO(newline="")
                 csv.writer(header, quoting=csv.QUOTE_MINIMAL).writerow(columns)
                 handle.write(header.getvalue().encode())
-                spool.seek(0)
-                _write_records(scan, columns, spool, handle)
-    summary.bytes = csv_path.stat().st_size
-    return summary
+                self.spool.seek(0)
+                _write_records(self, columns, self.spool, handle)
+        self.spool.seek(0, io.SEEK_END)  # rows added later go after the others
+        summary.bytes = csv_path.stat().st_size
+        return summary
 
 
-def _write_records(scan: _Scan, columns: list[str], spool: IO[bytes], handle: IO[bytes]
+def write_csv(raw_paths: Iterable[Path], csv_path: Path) -> CsvSummary:
+    """Flatten the events of ``raw_paths`` into one CSV at ``csv_path``, atomically."""
+    with CsvTable(csv_path.parent) as table:
+        render, add = table.render, table.add
+        for event in iter_raw_events(raw_paths):
+            add(*render(event))
+        return table.write(csv_path)
+
+
+def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle: IO[bytes]
                    ) -> None:
     """The second pass: each event's cells from the scratch file, placed into ``columns``."""
-    place = [_placer(shape.names, columns) for shape in scan.shapes]
+    place = [_placer(shape.names, columns) for shape in table.shapes]
     loads = orjson.loads
     separator = CELL_SEPARATOR.encode()
     records: list[bytes] = []
-    for kind, text in zip(scan.kinds, _records(spool), strict=True):
+    for kind, text in zip(table.kinds, _records(spool), strict=True):
         if kind == UNSHAPED:
-            cells = loads(text)
+            cells = loads(text)["cells"]
             records.append(((",".join([cells.get(name, "") for name in columns]) or '""')
                             + "\r\n").encode())
         elif kind & 1:
