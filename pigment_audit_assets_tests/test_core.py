@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from pigment_audit_assets.core.chunks import chunk_size_bytes, write_chunks
+from pigment_audit_assets.core.collect import _Classifier, classify
 from pigment_audit_assets.core.days import (
     check_lookback,
     day_of,
@@ -200,6 +201,21 @@ def test_parse_timestamp_forms() -> None:
     for bad in ("yesterday", "", None, 12, "2025-13-01T00:00:00Z"):
         with pytest.raises(ValueError):
             parse_timestamp(bad)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/Los_Angeles"])
+def test_the_scans_classifier_agrees_with_classify(zone: str) -> None:
+    """The scan's fast path (a window, Pigment's Z form) places events as classify does."""
+    place = _Classifier(parse_zone(zone))
+    stamps = ["2026-11-23T00:00:00.317Z", "2026-11-22T23:30:00Z", "2026-11-23T07:59:59.999999Z",
+              "2026-11-23T08:00:00Z", "2026-03-29T01:30:00Z", "2026-11-23T00:00:00+02:00",
+              "2026-11-23T00:00:00", "2026-11-23t00:00:00z", "2026-11-23T00:00:00+01:00Z",
+              "garbage Z", "Z", "", None, 17]
+    for stamp in stamps * 2:  # twice: the second time through the remembered window
+        for event_id in ("e1", 7):
+            item = {"id": event_id, "eventTimestamp": stamp}
+            assert place(item) == classify(item, parse_zone(zone)), (stamp, event_id)
+    assert place(["not", "an", "object"]) == classify(["not", "an", "object"], parse_zone(zone))
 
 
 def test_unknown_zone_names_the_variable() -> None:

@@ -13,6 +13,7 @@ Exit codes: 0 done, 1 failed (Pigment, configuration, files), 2 bad arguments, 1
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import shutil
@@ -129,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (also the process's when run as a script)."""
     args = build_parser().parse_args(argv)
     _setup_logging()
+    # The scan and the CSV make millions of short-lived objects and no cycles: what was loaded
+    # at start-up is set aside and the young ones are collected less often (a few per cent of
+    # the command's CPU otherwise goes to walking them).
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
     try:
         return _run(args)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ in the client's repr.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ from urllib.parse import urlparse
 
 import orjson
 import requests
+import urllib3
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -53,6 +55,23 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 FINAL_IMPORT_STATUSES = frozenset({"Completed", "Failed"})
 _BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
            requests.exceptions.ContentDecodingError)
+
+
+
+def _read_body(response: requests.Response) -> bytes:
+    """The whole body in one read (``response.content`` reads it 10 KB at a time), with
+    urllib3's errors turned into the ones ``response.content`` raises."""
+    try:
+        return response.raw.read(decode_content=True)
+    except urllib3.exceptions.ProtocolError as error:  # cut short, or a wrong length
+        raise requests.exceptions.ChunkedEncodingError(error) from error
+    except urllib3.exceptions.DecodeError as error:
+        raise requests.exceptions.ContentDecodingError(error) from error
+    except urllib3.exceptions.ReadTimeoutError as error:
+        raise requests.ConnectionError(error) from error
+    except urllib3.exceptions.SSLError as error:
+        raise requests.exceptions.SSLError(error) from error
+
 
 AUDIT_KEY_VARIABLE = "PIGMENT_AUDIT_API_KEY"
 IMPORT_KEY_VARIABLE = "PIGMENT_IMPORT_API_KEY"
@@ -198,6 +217,12 @@ class PigmentClient:
         self.log: Log = log or logging.getLogger(__name__)
         self.request_counts: Counter[str] = Counter()
         self._session = requests.Session()
+        # The environment's proxies and CA bundle are read once here, as requests would read
+        # them on every request; and no ~/.netrc login can replace the Bearer key.
+        self._session.trust_env = False
+        self._session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        self._session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                                or os.environ.get("CURL_CA_BUNDLE") or True)
 
     def __repr__(self) -> str:
         return f"PigmentClient(base_url={self.base_url!r})"
@@ -312,7 +337,7 @@ class PigmentClient:
                     handle.close()
             started = kind == "push" and response.status_code == 200
             try:
-                content = response.content
+                content = _read_body(response)
             except _BROKEN as error:
                 if started:
                     raise self._answer_lost(context, f"cut off ({type(error).__name__})") \
@@ -325,7 +350,7 @@ class PigmentClient:
                 raise _Retryable(f"HTTP {response.status_code} from {method} {path}",
                                  _retry_after_seconds(response.headers.get("Retry-After")))
             if response.status_code >= 400:
-                error = self._api_error(kind, key_kind, response, context)
+                error = self._api_error(kind, key_kind, response, content, context)
                 raise PigmentApiError(self._redact(str(error)), error.status)
             try:
                 parsed = orjson.loads(content)
@@ -393,10 +418,10 @@ class PigmentClient:
         return text
 
     @staticmethod
-    def _api_error(kind: str, key_kind: str, response: requests.Response,
+    def _api_error(kind: str, key_kind: str, response: requests.Response, content: bytes,
                    context: str) -> PigmentApiError:
         status = response.status_code
-        detail = response.text[:300].strip()
+        detail = content.decode(response.encoding or "utf-8", "replace")[:300].strip()
         if status in (401, 403):
             message = f"Pigment refused the request ({status}). {_KEY_HELP[key_kind]}"
         elif status == 404 and kind == "push":

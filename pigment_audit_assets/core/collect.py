@@ -49,6 +49,8 @@ from .storage import Storage, atomic_write
 from .table import CsvTable
 
 PROGRESS_EVERY_PAGES = 10
+NAIVE_EPOCH = datetime(1970, 1, 1)
+_from_iso = datetime.fromisoformat
 ONE_DAY = timedelta(days=1)
 # The in-memory spool's budget, and what one event's index entry costs in it (its id, time,
 # type and line position, in a set, a tuple and a day's list, with the allocator's slack):
@@ -124,9 +126,13 @@ class _Classifier:
         event_id = item.get("id")
         if type(event_id) is not str or not event_id:
             return classify(item, self.zone)  # an int id, or a reject
+        text = item.get("eventTimestamp")
         try:
-            at = epoch_microseconds(parse_timestamp(item.get("eventTimestamp")))
-        except (ValueError, TypeError):
+            if type(text) is str and text[-1:] == "Z":  # Pigment's form: UTC, no offset
+                at = (_from_iso(text[:-1]) - NAIVE_EPOCH) // ONE_MICROSECOND
+            else:
+                at = epoch_microseconds(parse_timestamp(text))
+        except (ValueError, TypeError):  # TypeError: an offset before the Z
             return "no parseable eventTimestamp"
         start, end, day = self.window
         if not start <= at < end:
