@@ -288,19 +288,23 @@ class _Spool:
         event's cells (stored after its line) go to the table as its rows."""
         if table is not None:
             lines: list[bytes] = []
-            add = table.add
+            kinds: list[int] = []
+            rows: list[bytes] = []
             for payload in self.sorted_payloads(day):
                 line, _, rendered = payload.partition(b"\n")
                 kind, _, cells = rendered.partition(b" ")
                 lines.append(line)
-                add(int(kind), cells)
+                kinds.append(int(kind))
+                rows.append(cells)
                 if len(lines) >= READ_RUN:
                     lines.append(b"")
                     handle.write(b"\n".join(lines))
-                    lines.clear()
+                    table.add_rows(kinds, rows)
+                    lines, kinds, rows = [], [], []
             if lines:
                 lines.append(b"")
                 handle.write(b"\n".join(lines))
+                table.add_rows(kinds, rows)
             return
         if self.sqlite is not None:
             return self.sqlite.write_day(day, handle)

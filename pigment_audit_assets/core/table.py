@@ -54,7 +54,7 @@ MAX_COMPILED_COLUMNS = 1000
 # What the scratch file holds for an event, in an array beside it: its shape's number times two,
 # plus one when its cells are a JSON list (some needed quoting) rather than a line of text; or
 # UNSHAPED, for a JSON object of the event's cells by column name.
-UNSHAPED = 2**32 - 1
+UNSHAPED = 2**16 - 1  # above any shape's kind: MAX_SHAPES * 2 + 1 fits in 16 bits
 
 
 @dataclass
@@ -100,7 +100,7 @@ class CsvTable:
         self.by_structure: dict[tuple[Any, ...], Shape] = {}
         # (top-level keys, event type) -> shapes seen with them: usually one, tried in turn.
         self.candidates: dict[tuple[Any, ...], list[Shape]] = {}
-        self.kinds = array("I")  # per row, what its scratch record holds (see UNSHAPED)
+        self.kinds = array("H")  # per row, what its scratch record holds (see UNSHAPED)
         self.first_seen: dict[str, None] = {}  # column names in order of first appearance
         self.seen_kinds: set[int] = set()
         self.unshaped_density: Counter[str] = Counter()
@@ -142,6 +142,16 @@ class CsvTable:
         batch.append(cells)
         if len(batch) >= BATCH_EVENTS:
             self._flush()
+
+    def add_rows(self, kinds: list[int], rows: list[bytes]) -> None:
+        """Append rendered events as the CSV's next rows (as :meth:`add`, a batch at once)."""
+        if not self.seen_kinds.issuperset(kinds):
+            for kind, cells in zip(kinds, rows, strict=True):
+                if kind not in self.seen_kinds:
+                    self._first_appearance(kind, cells)
+        self.kinds.extend(kinds)
+        self.batch.extend(rows)
+        self._flush()
 
     def _first_appearance(self, kind: int, cells: bytes) -> None:
         if kind == UNSHAPED:  # every one is counted on its own, by its names
