@@ -222,7 +222,8 @@ NOT_RETRYABLE: list[Any] = [
     pytest.param("audit", 401, ["PIGMENT_AUDIT_API_KEY", "Security Admin"], id="audit-401"),
     pytest.param("audit", 403, ["PIGMENT_AUDIT_API_KEY", "Security Admin"], id="audit-403"),
     pytest.param("audit", 404, [], id="audit-404"),
-    pytest.param("push", 400, ["chunk size"], id="push-400"),
+    # "Injected fault" is the stand-in's body: what Pigment said is quoted.
+    pytest.param("push", 400, ["chunk size", "Injected fault"], id="push-400"),
     pytest.param("push", 401, ["PIGMENT_IMPORT_API_KEY", "Workspace Admin"], id="push-401"),
     pytest.param("push", 403, ["PIGMENT_IMPORT_API_KEY", "Workspace Admin"], id="push-403"),
     pytest.param("push", 404, ["PIGMENT_IMPORT_CONFIGURATION_ID", CONFIGURATION_ID],
@@ -300,3 +301,25 @@ def test_one_pacer_covers_audit_push_and_status(filled: PigmentStandIn, tmp_path
     for index, moment in enumerate(acquired):
         assert sum(1 for other in acquired[index:] if other < moment + 60.0) <= 3
     assert clock.now - 1000.0 >= 120.0  # 7 requests at 3 per minute: two full waits
+
+
+def test_a_netrc_login_does_not_replace_the_key(filled: PigmentStandIn, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests would send a ~/.netrc login for the host instead of the Bearer key.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password something\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert len(scan_ids(make_client(filled))) == 350
+
+
+def test_proxies_come_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/corporate-ca.pem")
+    client = PigmentClient("https://pigment.app", audit_key=AUDIT_KEY)
+    assert client._session.proxies.get("https") == "http://proxy.invalid:3128"
+    assert client._session.verify == "/etc/corporate-ca.pem"
+    monkeypatch.setenv("NO_PROXY", "pigment.app")
+    assert not PigmentClient("https://pigment.app", audit_key=AUDIT_KEY)._session.proxies
