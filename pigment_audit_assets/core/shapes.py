@@ -24,7 +24,7 @@ holding a comma, a double quote, CR or LF is quoted with its double quotes doubl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .flatten import flatten_event, iter_flat
@@ -81,7 +81,7 @@ def structure(event: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(key)
 
 
-@dataclass
+@dataclass(eq=False)
 class Shape:
     """One shape: its column names, its collided names and its compiled ``render``."""
 
@@ -89,7 +89,7 @@ class Shape:
     names: list[str]  # distinct column names, in order of first appearance in the event
     collided: list[str]  # a name per value overwritten by a later leaf of the same name
     render: Render
-    count: int = field(default=0)
+    source: str  # render's source, for reading (print it to see what a shape compiles to)
 
 
 def _has_container(leaves: tuple[Any, ...]) -> bool:
@@ -159,9 +159,11 @@ def compile_shape(event: dict[str, Any], number: int) -> Shape | None:
         "  return _quote(text)",
         " return text",
     ]
+    source = "\n".join(body)
     namespace = dict(constants)
-    exec(compile("\n".join(body), f"<shape {number}>", "exec"), namespace)
-    return Shape(number=number, names=names, collided=collided, render=namespace["render"])
+    exec(compile(source, f"<shape {number}>", "exec"), namespace)
+    return Shape(number=number, names=names, collided=collided, render=namespace["render"],
+                 source=source)
 
 
 def _plan(event: dict[str, Any]) -> tuple[tuple[Any, ...], int] | None:
