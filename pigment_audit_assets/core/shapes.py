@@ -12,9 +12,23 @@ The compiled ``render(event)`` returns, for an event whose top-level keys are th
 
 - ``None`` when the event does not have this shape;
 - its cells, quoted as ``csv.writer`` quotes them, joined by :data:`CELL_SEPARATOR` (the
-  ASCII unit separator): one f-string, and a regular expression over the joined text that
-  quotes only the cells that need it;
+  ASCII unit separator): one f-string; only when the text holds a comma, a quote, CR or LF is
+  it split and its cells quoted one by one;
 - the list of its cells when a text holds the unit or the record separator itself (rare).
+
+For ``{"id": "e1", "actor": {"userId": "u1", "userName": "Ann"}, "n": 3}`` it compiles to::
+
+    def render(event):
+     (v0, c2, v3,) = event.values()
+     if type(c2) is not dict or tuple(c2) != k4: return None
+     (v1, v2,) = c2.values()
+     text = f"{'' if v0 is None else v0}\x1f{'' if v1 is None else v1}\x1f..."
+     if ('{' in text or '[' in text) and _has_container((v0, v1, v2, v3, )): return None
+     if '\x1e' in text or text.count('\x1f') != 3:
+      return _cell_list(_cells, (v0, v1, v2, v3, ))
+     if '"' in text or ',' in text or '\n' in text or '\r' in text:
+      return _quote(text)
+     return text
 
 Cells follow ``csv.writer`` with QUOTE_MINIMAL, as the community script wrote them: ``None``
 is an empty cell, anything else is ``str()`` (for floats the same as ``repr``), and a cell
@@ -43,6 +57,7 @@ CELL_SEPARATOR = "\x1f"
 RECORD_SEPARATOR = "\x1e"
 
 Render = Callable[[dict[str, Any]], "str | list[str] | None"]
+
 
 def quote_cells(text: str) -> str:
     """Quote, in separator-joined cells, those that ``csv.writer`` would quote."""

@@ -2,19 +2,20 @@
 
 Columns are ordered by how many events carry them, most first; ties keep the order in which
 the columns first appear in the input (events are stored sorted by time, then id), which is
-what the community script's ``Counter.most_common`` did. Cells are written by Python's
-``csv`` writer exactly as the script wrote them: ``None`` as an empty cell, ``True``/``False``,
+what the community script's ``Counter.most_common`` did. Cells are exactly what Python's
+``csv`` writer wrote for the script: ``None`` as an empty cell, ``True``/``False``,
 numbers with ``str()``, minimal RFC 4180 quoting, CRLF line ends, UTF-8 without BOM, and
 newlines inside values kept inside their quoted cell.
 
 A day without events gives an empty (0-byte) CSV: the columns come from the events, so there
 is no header to write.
 
-Two passes, each event parsed once. The first reads the events, finds each one's shape
-(:mod:`.shapes`: a function compiled per shape renders its cells) and keeps the cells in a
-scratch file, in the shape's own column order; the column order is known only once every event
-was counted. The second pass places each event's cells into the final columns with a function
-compiled per shape (an f-string), so no event is flattened, and no cell converted, twice.
+Each event is parsed and rendered once (:mod:`.shapes`: a function compiled per shape turns
+it into its cells, in the shape's own column order) and its cells are kept in a scratch file;
+the column order is known only once every event was counted. Writing then places each row's
+cells into the final columns with a bytes %-format compiled per shape, so no event is flattened,
+and no cell converted, twice. :class:`CsvTable` holds this state: :func:`write_csv` fills it
+from raw files (the assets), :func:`~.collect.fetch_days` while it scans (the command line).
 """
 
 from __future__ import annotations
