@@ -129,6 +129,7 @@ def test_past_the_shape_limit_events_are_still_written_exactly(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch
                                                                ) -> None:
     monkeypatch.setattr(table, "MAX_SHAPES", 3)
+    monkeypatch.setattr(table, "MAX_DISPATCH_KEYS", 2)
     rng = random.Random(99)
     events = [random_event(rng, number) for number in range(300)]
     ours, theirs = tmp_path / "ours.csv", tmp_path / "theirs.csv"

@@ -48,6 +48,9 @@ from .storage import atomic_write
 # Past this many distinct shapes, events of new shapes are flattened one by one (same output,
 # slower), so odd data with a different shape per event cannot grow the cache without bound.
 MAX_SHAPES = 10_000
+# Past this many (top-level keys, event type) pairs, events of new pairs go straight to the
+# exact shape lookup (same output): odd data with keys that vary per event stays bounded.
+MAX_DISPATCH_KEYS = 10_000
 BATCH_EVENTS = 1024  # events per write to the scratch file and to the CSV
 # Wider CSVs place cells with itemgetter instead of a compiled f-string: compiling one per
 # shape would cost more than it saves.
@@ -183,8 +186,11 @@ class CsvTable:
             row, collided = flatten_event(event)
             return None, {"cells": {name: cell_text(value) for name, value in row.items()},
                           "collided": collided}
-        candidates = self.candidates.setdefault(key, [])
-        if len(candidates) < MAX_CANDIDATES and not any(known is shape for known in candidates):
+        candidates = self.candidates.get(key)
+        if candidates is None and len(self.candidates) < MAX_DISPATCH_KEYS:
+            candidates = self.candidates[key] = []
+        if (candidates is not None and len(candidates) < MAX_CANDIDATES
+                and not any(known is shape for known in candidates)):
             candidates.append(shape)
         return shape, shape.render(event)
 
