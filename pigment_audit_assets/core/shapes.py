@@ -1,4 +1,4 @@
-"""Event shapes, with a small function compiled per shape that writes an event's CSV cells.
+r"""Event shapes, with a small function compiled per shape that writes an event's CSV cells.
 
 An event's *shape* is its structure: the keys of every object, in order, the length of every
 list, and which positions hold an object or a list, recursively. Leaf types are not part of it:
@@ -12,8 +12,8 @@ The compiled ``render(event)`` returns, for an event whose top-level keys are th
 
 - ``None`` when the event does not have this shape;
 - its cells, quoted as ``csv.writer`` quotes them, joined by :data:`CELL_SEPARATOR` (the
-  ASCII unit separator): one f-string; only when the text holds a comma, a quote, CR or LF is
-  it split and its cells quoted one by one;
+  ASCII unit separator), as UTF-8 bytes: one f-string; only when the text holds a comma, a
+  quote, CR or LF is it split and its cells quoted one by one;
 - the list of its cells when a text holds the unit or the record separator itself (rare).
 
 For ``{"id": "e1", "actor": {"userId": "u1", "userName": "Ann"}, "n": 3}`` it compiles to::
@@ -22,13 +22,13 @@ For ``{"id": "e1", "actor": {"userId": "u1", "userName": "Ann"}, "n": 3}`` it co
      (v0, c2, v3,) = event.values()
      if type(c2) is not dict or tuple(c2) != k4: return None
      (v1, v2,) = c2.values()
-     text = f"{'' if v0 is None else v0}\x1f{'' if v1 is None else v1}\x1f..."
-     if ('{' in text or '[' in text) and _has_container((v0, v1, v2, v3, )): return None
-     if '\x1e' in text or text.count('\x1f') != 3:
+     data = f"{'' if v0 is None else v0}\x1f{'' if v1 is None else v1}\x1f...".encode()
+     if (123 in data or 91 in data) and _has_container((v0, v1, v2, v3, )): return None
+     if 30 in data or data.count(31) != 3:
       return _cell_list(_cells, (v0, v1, v2, v3, ))
-     if '"' in text or ',' in text or '\n' in text or '\r' in text:
-      return _quote(text)
-     return text
+     if 34 in data or 44 in data or 10 in data or 13 in data:  # quote, comma, LF, CR
+      return _quote(data)
+     return data
 
 Cells follow ``csv.writer`` with QUOTE_MINIMAL, as the community script wrote them: ``None``
 is an empty cell, anything else is ``str()`` (for floats the same as ``repr``), and a cell
@@ -56,15 +56,15 @@ MAX_CANDIDATES = 16
 CELL_SEPARATOR = "\x1f"
 RECORD_SEPARATOR = "\x1e"
 
-Render = Callable[[dict[str, Any]], "str | list[str] | None"]
+Render = Callable[[dict[str, Any]], "bytes | list[str] | None"]
 
 
-def quote_cells(text: str) -> str:
-    """Quote, in separator-joined cells, those that ``csv.writer`` would quote."""
-    return CELL_SEPARATOR.join([
-        '"' + cell.replace('"', '""') + '"'
-        if "," in cell or '"' in cell or "\n" in cell or "\r" in cell else cell
-        for cell in text.split(CELL_SEPARATOR)])
+def quote_cells(data: bytes) -> bytes:
+    """Quote, in separator-joined UTF-8 cells, those that ``csv.writer`` would quote."""
+    return b"\x1f".join([  # bytes tested as ints: see compile_shape
+        b'"' + cell.replace(b'"', b'""') + b'"'
+        if 44 in cell or 34 in cell or 10 in cell or 13 in cell else cell
+        for cell in data.split(b"\x1f")])
 
 
 def cell_text(value: Any) -> str:
@@ -164,15 +164,19 @@ def compile_shape(event: dict[str, Any], number: int) -> Shape | None:
     joined = "\\x1f".join(f"{{'' if {cell} is None else {cell}}}" for cell in cells)
     leaves = "".join(f"v{index}, " for index in range(leaf_count))
     body += [
-        f" text = f\"{joined}\"",
+        # Tested as UTF-8 bytes, which the scratch file wants anyway: ASCII characters are the
+        # same bytes, and a test of bytes is a memchr even when the text is not ASCII. The
+        # tests take the byte as an int: "b'{' in data" would first try b'{' as an int, and
+        # raise and clear a TypeError each time.
+        f" data = f\"{joined}\".encode()",
         # An object or a list where the shape has a leaf shows as braces or brackets; texts
         # may hold them too, so only then are the leaves' types checked.
-        " if ('{' in text or '[' in text) and _has_container((" + leaves + ")): return None",
-        " if '\\x1e' in text or text.count('\\x1f') != " + str(max(len(cells) - 1, 0)) + ":",
+        " if (123 in data or 91 in data) and _has_container((" + leaves + ")): return None",
+        " if 30 in data or data.count(31) != " + str(max(len(cells) - 1, 0)) + ":",
         "  return _cell_list(_cells, (" + leaves + "))",
-        " if '\"' in text or ',' in text or '\\n' in text or '\\r' in text:",
-        "  return _quote(text)",
-        " return text",
+        " if 34 in data or 44 in data or 10 in data or 13 in data:  # quote, comma, LF, CR",
+        "  return _quote(data)",
+        " return data",
     ]
     source = "\n".join(body)
     namespace = dict(constants)

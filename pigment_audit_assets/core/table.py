@@ -133,8 +133,8 @@ class CsvTable:
             shape, cells = self._identify(event, key)
         if shape is None:
             return UNSHAPED, orjson.dumps(cells)
-        if type(cells) is str:
-            return shape.number * 2, cells.encode()
+        if type(cells) is bytes:
+            return shape.number * 2, cells
         return shape.number * 2 + 1, orjson.dumps(cells)
 
     def add(self, kind: int, cells: bytes) -> None:
