@@ -290,7 +290,7 @@ class _Spool:
             lines: list[bytes] = []
             kinds: list[int] = []
             rows: list[bytes] = []
-            for payload in self.sorted_payloads(day):
+            for payload in self.sorted_payloads(day):  # as _with_cells made them
                 line, _, rendered = payload.partition(b"\n")
                 kind, _, cells = rendered.partition(b" ")
                 lines.append(line)
@@ -462,8 +462,8 @@ def fetch_days(
                     result.outside_range += 1
                     continue
                 line = orjson.dumps(item)
-                if table is not None:  # rendered now, while parsed: stored after the line
-                    line = b"%b\n%d %b" % (line, *table.render(item))
+                if table is not None:  # rendered now, while parsed
+                    line = _with_cells(line, item, table)
                 rows.append((event_id, day_keys[event_day], at, _event_type(item), line))
             result.duplicates += len(rows) - spool.add_events(rows)
             if rejects:
@@ -487,6 +487,12 @@ def fetch_days(
     return result
 
 
+def _with_cells(line: bytes, item: dict[str, Any], table: CsvTable) -> bytes:
+    """What the spool stores for an event when a table is filled: its line, then its rendered
+    kind and cells (a JSON line holds no raw newline; :meth:`_Spool.write_day` splits them)."""
+    return b"%b\n%d %b" % (line, *table.render(item))
+
+
 def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo,
                     table: CsvTable | None) -> None:
     if not path.exists():
@@ -502,7 +508,7 @@ def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo,
             event_id, _, at = placed
             payload = line.rstrip(b"\r\n")
             if table is not None:
-                payload = b"%b\n%d %b" % (payload, *table.render(item))
+                payload = _with_cells(payload, item, table)
             spool.add_previous((event_id, key, at, _event_type(item), payload))
 
 

@@ -53,18 +53,18 @@ MAX_CANDIDATES = 16
 # Between the cells of a rendered event, and after each event in a scratch file: ASCII's unit
 # and record separators, which audit texts practically never hold (when one does, render
 # returns a list instead).
-CELL_SEPARATOR = "\x1f"
-RECORD_SEPARATOR = "\x1e"
+CELL_SEPARATOR = b"\x1f"
+RECORD_SEPARATOR = b"\x1e"
 
 Render = Callable[[dict[str, Any]], "bytes | list[str] | None"]
 
 
 def quote_cells(data: bytes) -> bytes:
     """Quote, in separator-joined UTF-8 cells, those that ``csv.writer`` would quote."""
-    return b"\x1f".join([  # bytes tested as ints: see compile_shape
+    return CELL_SEPARATOR.join([  # bytes tested as ints: see compile_shape
         b'"' + cell.replace(b'"', b'""') + b'"'
         if 44 in cell or 34 in cell or 10 in cell or 13 in cell else cell
-        for cell in data.split(b"\x1f")])
+        for cell in data.split(CELL_SEPARATOR)])
 
 
 def cell_text(value: Any) -> str:
@@ -161,7 +161,9 @@ def compile_shape(event: dict[str, Any], number: int) -> Shape | None:
     for index in sorted(set(range(leaf_count)) - set(cell_leaves)):
         body.append(f" if type(v{index}) is dict or type(v{index}) is list: return None")
     cells = [f"v{index}" for index in cell_leaves]
-    joined = "\\x1f".join(f"{{'' if {cell} is None else {cell}}}" for cell in cells)
+    cell_separator, record_separator = CELL_SEPARATOR[0], RECORD_SEPARATOR[0]  # as ints
+    joined = f"\\x{cell_separator:02x}".join(f"{{'' if {cell} is None else {cell}}}"
+                                              for cell in cells)
     leaves = "".join(f"v{index}, " for index in range(leaf_count))
     body += [
         # Tested as UTF-8 bytes, which the scratch file wants anyway: ASCII characters are the
@@ -172,7 +174,8 @@ def compile_shape(event: dict[str, Any], number: int) -> Shape | None:
         # An object or a list where the shape has a leaf shows as braces or brackets; texts
         # may hold them too, so only then are the leaves' types checked.
         " if (123 in data or 91 in data) and _has_container((" + leaves + ")): return None",
-        " if 30 in data or data.count(31) != " + str(max(len(cells) - 1, 0)) + ":",
+        f" if {record_separator} in data or data.count({cell_separator}) != "
+        f"{max(len(cells) - 1, 0)}:",
         "  return _cell_list(_cells, (" + leaves + "))",
         " if 34 in data or 44 in data or 10 in data or 13 in data:  # quote, comma, LF, CR",
         "  return _quote(data)",

@@ -139,23 +139,18 @@ class CsvTable:
 
     def add(self, kind: int, cells: bytes) -> None:
         """Append one rendered event as the CSV's next row."""
-        self.kinds.append(kind)
-        if kind not in self.seen_kinds:
-            self._first_appearance(kind, cells)
-        batch = self.batch
-        batch.append(cells)
-        if len(batch) >= BATCH_EVENTS:
-            self._flush()
+        self.add_rows([kind], [cells])
 
     def add_rows(self, kinds: list[int], rows: list[bytes]) -> None:
-        """Append rendered events as the CSV's next rows (as :meth:`add`, a batch at once)."""
+        """Append rendered events as the CSV's next rows."""
         if not self.seen_kinds.issuperset(kinds):
             for kind, cells in zip(kinds, rows, strict=True):
                 if kind not in self.seen_kinds:
                     self._first_appearance(kind, cells)
         self.kinds.extend(kinds)
         self.batch.extend(rows)
-        self._flush()
+        if len(self.batch) >= BATCH_EVENTS:
+            self._flush()
 
     def _first_appearance(self, kind: int, cells: bytes) -> None:
         if kind == UNSHAPED:  # every one is counted on its own, by its names
@@ -169,7 +164,7 @@ class CsvTable:
 
     def _flush(self) -> None:
         self.batch.append(b"")  # the last record's separator
-        self.spool.write(RECORD_SEPARATOR.encode().join(self.batch))
+        self.spool.write(RECORD_SEPARATOR.join(self.batch))
         self.batch.clear()
 
     def _identify(self, event: dict[str, Any], key: tuple[Any, ...]
@@ -246,7 +241,6 @@ def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle
     """The second pass: each event's cells from the scratch file, placed into ``columns``."""
     place = [_placer(shape.names, columns) for shape in table.shapes]
     loads = orjson.loads
-    separator = CELL_SEPARATOR.encode()
     records: list[bytes] = []
     for kind, text in zip(table.kinds, _records(spool), strict=True):
         if kind == UNSHAPED:
@@ -256,7 +250,7 @@ def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle
         elif kind & 1:
             records.append(place[kind >> 1]([cell.encode() for cell in loads(text)]))
         else:
-            records.append(place[kind >> 1](text.split(separator)))
+            records.append(place[kind >> 1](text.split(CELL_SEPARATOR)))
         if len(records) >= BATCH_EVENTS:
             handle.write(b"".join(records))
             records.clear()
@@ -265,10 +259,9 @@ def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle
 
 def _records(spool: IO[bytes]) -> Iterator[bytes]:
     """The records of the scratch file, read a megabyte at a time."""
-    separator = RECORD_SEPARATOR.encode()
     rest = b""
     while block := spool.read(1 << 20):
-        records = (rest + block).split(separator)
+        records = (rest + block).split(RECORD_SEPARATOR)
         rest = records.pop()  # the start of a record the next block finishes
         yield from records
     if rest:
