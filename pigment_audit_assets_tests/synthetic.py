@@ -189,8 +189,8 @@ def iter_synthetic_events(
 ) -> Iterator[dict[str, Any]]:
     """Yield `count` events that happened on `day` in zone `tz`, one at a time.
 
-    Same content as :func:`synthetic_events` for the same arguments; use it for big days, so the
-    events need not all be held in memory at once. Events come in no particular time order.
+    What :func:`synthetic_events` returns as a list; use this for big days, so the events need
+    not all be held in memory at once. Events come in no particular time order.
     """
     if count < 0:
         raise ValueError("count must be >= 0")
@@ -239,26 +239,13 @@ def iter_synthetic_events(
         }
 
 
-def synthetic_events(
-    day: date,
-    count: int,
-    *,
-    tz: str = "UTC",
-    seed: int = 0,
-    late_fraction: float = 0.0,
-    max_lateness: timedelta = timedelta(days=2),
-    id_prefix: str = "",
-) -> list[dict[str, Any]]:
+def synthetic_events(day: date, count: int, **options: Any) -> list[dict[str, Any]]:
     """Return `count` deterministic events whose `eventTimestamp` falls on `day` in zone `tz`.
 
     Timestamps are ISO-8601 UTC strings with milliseconds and "Z". Each event is ingested
     0.1-30 s after it happened, except a `late_fraction` ingested from an hour (or half of
     `max_lateness`, if shorter) up to `max_lateness` later. Ids are unique across days and seeds
-    and start with `id_prefix`.
+    and start with `id_prefix`. Keyword options (`tz`, `seed`, `late_fraction`, `max_lateness`,
+    `id_prefix`) are those of :func:`iter_synthetic_events`.
     """
-    return list(
-        iter_synthetic_events(
-            day, count, tz=tz, seed=seed, late_fraction=late_fraction,
-            max_lateness=max_lateness, id_prefix=id_prefix,
-        )
-    )
+    return list(iter_synthetic_events(day, count, **options))
