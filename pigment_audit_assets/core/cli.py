@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import shutil
 import sys
@@ -88,7 +89,7 @@ def _positive_megabytes(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if value <= 0:
+    if not (math.isfinite(value) and value > 0):  # float() also accepts "nan" and "inf"
         raise argparse.ArgumentTypeError(f"--chunk-size must be a positive number of MB, "
                                          f"not '{text}'.")
     return value
@@ -99,7 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pigment-audit",
         description="Fetch Pigment audit logs, save to CSV, and optionally import back to "
-                    "Pigment.\nKeys come from PIGMENT_AUDIT_API_KEY and PIGMENT_IMPORT_API_KEY.",
+                    "Pigment.",
+        epilog="Environment:\n"
+               "  PIGMENT_AUDIT_API_KEY   Audit logs API key (required)\n"
+               "  PIGMENT_IMPORT_API_KEY  Import API key (required with --import-config)\n"
+               f"  PIGMENT_BASE_URL        API host (default: {DEFAULT_BASE_URL}); point it at\n"
+               "                          a local stand-in to try the command without an\n"
+               "                          account (see the README)\n"
+               "  PIGMENT_AUDIT_TIMEZONE  IANA zone whose days the dates are (default: UTC)\n\n"
+               "Exit codes: 0 done, 1 failed, 2 bad arguments, 130 interrupted.",
         formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--start-date", required=True, type=_valid_date,
@@ -128,7 +137,10 @@ def _setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (also the process's when run as a script)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.end_date < args.start_date:  # bad arguments: argparse's message and exit code 2
+        parser.error(f"--end-date {args.end_date} is before --start-date {args.start_date}.")
     _setup_logging()
     # The scan and the CSV make millions of short-lived objects and no cycles: what was loaded
     # at start-up is set aside and the young ones are collected less often (a few per cent of
@@ -149,8 +161,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.end_date < args.start_date:
-        raise ConfigError(f"--end-date {args.end_date} is before --start-date {args.start_date}.")
     audit_key = os.environ.get(AUDIT_KEY_VARIABLE, "")
     import_key = os.environ.get(IMPORT_KEY_VARIABLE, "")
     if not audit_key:

@@ -431,8 +431,10 @@ class PigmentClient:
         elif status == 404 and kind == "status":
             message = f"Pigment has no status for {context} (404)."
         elif status == 400 and kind == "push":
+            # The client serves both the assets and the command line: name both settings.
             message = (f"Pigment rejected the push into {context} (400: bad request or size "
-                       f"limit exceeded): lower the chunk size. Pigment said: {detail}")
+                       "limit exceeded): lower the chunk size (chunk_size_mb of PigmentResource, "
+                       f"or pigment-audit --chunk-size). Pigment said: {detail}")
         else:
             message = f"Pigment answered {status} to a {kind} request. Pigment said: {detail}"
         return PigmentApiError(message, status)
