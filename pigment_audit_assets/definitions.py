@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dagster as dg
 
@@ -22,8 +23,14 @@ def _from_env(variable: str) -> dg.EnvVar | None:
     return dg.EnvVar(variable) if os.environ.get(variable) else None
 
 
-def build_resource() -> PigmentResource:
-    """The Pigment resource, every setting from its environment variable or its default."""
+def build_resource() -> Any:
+    """The Pigment resource, every setting from its environment variable or its default.
+
+    Configured at launch, with each environment setting as the default of its own field: run
+    config that sets one field (``chunk_size_mb`` in the launchpad, say) keeps the others.
+    A resource built directly (``PigmentResource(...)``) would put its values in one default
+    for the whole config, which any run config replaces entirely.
+    """
     optional = {
         "base_url": "PIGMENT_BASE_URL",
         "storage_url": "PIGMENT_AUDIT_STORAGE_URL",
@@ -31,7 +38,7 @@ def build_resource() -> PigmentResource:
     }
     settings = {field: dg.EnvVar(variable) for field, variable in optional.items()
                 if os.environ.get(variable)}
-    return PigmentResource(
+    return PigmentResource.configure_at_launch(
         audit_api_key=_from_env("PIGMENT_AUDIT_API_KEY"),
         import_api_key=_from_env("PIGMENT_IMPORT_API_KEY"),
         import_configuration_id=_from_env(CONFIGURATION_VARIABLE),

@@ -127,7 +127,8 @@ def test_definitions_without_keys_name_the_variables(stand_in: PigmentStandIn, t
     for variable in ("PIGMENT_AUDIT_API_KEY", "PIGMENT_IMPORT_API_KEY"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("PIGMENT_BASE_URL", stand_in.base_url)
-    resource = build_resource().process_config_and_initialize()  # EnvVars resolved
+    with dg.build_resources({"pigment": build_resource()}) as built:  # EnvVars resolved
+        resource = built.pigment
     assert resource.base_url == stand_in.base_url
     with pytest.raises(ConfigError, match="PIGMENT_AUDIT_API_KEY"):
         resource.client(log, audit=True)

@@ -99,11 +99,11 @@ def test_metric_reports_are_not_compared_to_rows(tmp_path: Path) -> None:
     outcome = ImportOutcome(day=DAY, record_path=path, reports={
         "metric": {"blockType": "Metric", "insertedCount": 240, "updatedCount": 0,
                    "skippedCount": 0}})
-    result = checks.check_import_reports([outcome])
+    result = checks.check_import_reports(outcome)
     assert result.passed
     outcome.reports["metric"]["blockType"] = "List"
-    assert not checks.check_import_reports([outcome]).passed
-    assert checks.check_import_reports([outcome]).severity == dg.AssetCheckSeverity.ERROR
+    assert not checks.check_import_reports(outcome).passed
+    assert checks.check_import_reports(outcome).severity == dg.AssetCheckSeverity.ERROR
 
 
 def test_stale_scratch_of_killed_runs_is_removed(tmp_path: Path) -> None:

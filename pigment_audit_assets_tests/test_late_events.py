@@ -93,8 +93,9 @@ def test_next_run_completes_the_earlier_day_and_pushes_only_new_events(
         assert day_meta["changed"] is True
         assert day_meta["events_added"] == len(missing) == EVENTS_PER_DAY - before_count
         assert day_meta["events_kept_from_before"] == 0
-        assert DAY.isoformat() in second.asset_materializations_for_node(
-            "raw_audit_events")[0].metadata["days_changed"].value  # type: ignore[operator]
+        scan_line = next(entry.user_message for entry in instance.all_logs(second.run_id)
+                         if entry.user_message.startswith("This run's audit scan"))
+        assert DAY.isoformat() in scan_line.split("days whose events changed:")[1]
         # DAY-2 had all its events already: same bytes, not reported as changed.
         quiet = DAY - timedelta(days=2)
         assert not ingested_after(late_world[quiet], FIRST_TICK)

@@ -2,163 +2,266 @@
 
 Blocking checks stop a bad file from flowing on to the next asset in the same run; the
 rejected-events check only warns, so good events still flow.
+
+Every check gives each day its own result, on that day's partition, also in a ranged run: the
+specs carry the assets' partitions (a preview feature of Dagster 1.13, safe here because the
+project pins one exact Dagster release), and :func:`day_evaluations` emits one evaluation per
+day, since ``AssetCheckResult`` only knows the partition of a single-partition run. The
+functions that read files are small helpers, so where files come from can change alone.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import date
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import orjson
 
+# Not exported by dagster: the link from a check result to the materialization it is about.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+
 from ..core.collect import DayFile, classify
-from ..core.imports import ImportOutcome
+from ..core.imports import ANSWER_LOST, STATUS_UNKNOWN, ImportOutcome
 from ..core.storage import Storage
 
 RAW_IDS_AND_DAYS = "event_ids_unique_and_in_day"
 RAW_REJECTED = "no_rejected_events"
 CSV_ROWS = "one_csv_row_per_event"
 IMPORT_REPORTS = "import_reports_cover_rows"
+REPORT_SUMS = ("insertedCount", "updatedCount", "skippedCount")
 
-RAW_CHECK_SPECS = [
-    dg.AssetCheckSpec(RAW_IDS_AND_DAYS, asset="raw_audit_events", blocking=True,
-                      description="Every event id appears once, and every event happened on "
-                                  "its file's day (in the partitions' zone)."),
-    dg.AssetCheckSpec(RAW_REJECTED, asset="raw_audit_events",
-                      description="Warns when some events could not be placed in a day (no "
-                                  "id, no parseable eventTimestamp, not an object)."),
-]
-CSV_CHECK_SPECS = [
-    dg.AssetCheckSpec(CSV_ROWS, asset="audit_events_csv", blocking=True,
-                      description="The CSV holds exactly one row per raw event."),
-]
-IMPORT_CHECK_SPECS = [
-    dg.AssetCheckSpec(IMPORT_REPORTS, asset="audit_events_import", blocking=True,
-                      description="Pigment's report of every import of the run accounts for "
-                                  "every row pushed: inserted + updated + skipped = rows."),
-]
+_DESCRIPTIONS = {
+    RAW_IDS_AND_DAYS: ("raw_audit_events", True,
+                       "Every event id appears once in the day's raw file, and every event "
+                       "happened on that day (in the partitions' zone). One result per day."),
+    RAW_REJECTED: ("raw_audit_events", False,
+                   "Warns when some events of the day could not be placed (no id, no parseable "
+                   "`eventTimestamp`, not an object). One result per day."),
+    CSV_ROWS: ("audit_events_csv", True,
+               "The day's CSV holds exactly one row per raw event, same ids, same order. One "
+               "result per day."),
+    IMPORT_REPORTS: ("audit_events_import", True,
+                     "Pigment's report of each import of the day accounts for every row it "
+                     "carried: inserted + updated + skipped = rows. Warns (could not be "
+                     "verified) when a report cannot be read. One result per day."),
+}
 
 
-def check_raw_files(storage: Storage, days: Iterable[date], zone: ZoneInfo) -> dg.AssetCheckResult:
-    """Ids unique within each raw file, and every event on its file's day."""
+def _specs(names: Iterable[str],
+           partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(name, asset=_DESCRIPTIONS[name][0], blocking=_DESCRIPTIONS[name][1],
+                              description=_DESCRIPTIONS[name][2], partitions_def=partitions_def)
+            for name in names]
+
+
+def raw_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+    """The raw asset's checks, per partition of ``partitions_def``."""
+    return _specs((RAW_IDS_AND_DAYS, RAW_REJECTED), partitions_def)
+
+
+def csv_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+    """The CSV asset's check, per partition of ``partitions_def``."""
+    return _specs((CSV_ROWS,), partitions_def)
+
+
+def import_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+    """The import asset's check, per partition of ``partitions_def``."""
+    return _specs((IMPORT_REPORTS,), partitions_def)
+
+
+# The specs without partitions: what the checks are, for whoever reads them without assets.
+RAW_CHECK_SPECS = raw_check_specs(None)
+CSV_CHECK_SPECS = csv_check_specs(None)
+IMPORT_CHECK_SPECS = import_check_specs(None)
+
+
+def day_evaluations(context: dg.AssetExecutionContext, check_name: str,
+                    results: dict[date, dg.AssetCheckResult]) -> Iterator[Any]:
+    """What the asset yields for one check over the run's days: each day's own evaluation.
+
+    ``results`` are the results of the check ``check_name`` by day. Yields the check's output
+    once (Dagster waits for it), then per day an ``AssetCheckEvaluation`` on that day's
+    partition, pointing at the day's materialization. A failed blocking ERROR result still
+    fails the step, as a returned ``AssetCheckResult`` would.
+    """
+    if not results:
+        return
+    key = dg.AssetCheckKey(context.asset_key, check_name)
+    spec = context.assets_def.get_spec_for_check_key(key)
+    yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
+    for day, result in results.items():
+        partition = day.isoformat()
+        yield dg.AssetCheckEvaluation(
+            asset_key=key.asset_key, check_name=key.name, passed=result.passed,
+            metadata={"day": partition, **result.metadata}, severity=result.severity,
+            description=result.description, blocking=spec.blocking,
+            partition=partition if spec.partitions_def is not None else None,
+            target_materialization_data=_materialization(context, partition),
+        )
+
+
+def _materialization(context: dg.AssetExecutionContext,
+                     partition: str) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The day's latest materialization, which the result is about (as Dagster links it)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[partition]),
+        limit=1).records
+    if not records:
+        return None
+    record = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.event_log_entry.run_id,
+        timestamp=record.timestamp)
+
+
+# --- reading the files (small helpers: the only places that open them) ----------------------
+
+def _raw_lines(storage: Storage, day: date) -> list[bytes]:
+    with open(storage.raw_path(day), "rb") as raw:
+        return raw.readlines()
+
+
+def _csv_records(storage: Storage, day: date) -> list[list[str]]:
+    with open(storage.csv_path(day), newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def _import_record(path: Path) -> dict[str, Any]:
+    return orjson.loads(path.read_bytes()) if path.exists() else {"imports": []}
+
+
+# --- the checks, one day each ---------------------------------------------------------------
+
+def check_raw_file(storage: Storage, day: date, zone: ZoneInfo) -> dg.AssetCheckResult:
+    """Ids unique within the day's raw file, and every event on the file's day."""
     problems: list[str] = []
-    checked = 0
-    for day in days:
-        seen: set[str] = set()
-        with open(storage.raw_path(day), "rb") as raw:
-            for number, line in enumerate(raw, start=1):
-                checked += 1
-                try:
-                    placed = classify(orjson.loads(line), zone)
-                except orjson.JSONDecodeError:
-                    placed = "not JSON"
-                if isinstance(placed, str):
-                    problems.append(f"{day} line {number}: {placed}")
-                    continue
-                event_id, event_day, _ = placed
-                if event_id in seen:
-                    problems.append(f"{day} line {number}: id {event_id} repeated")
-                if event_day != day:
-                    problems.append(f"{day} line {number}: event of {event_day}")
-                seen.add(event_id)
+    seen: set[str] = set()
+    lines = _raw_lines(storage, day)
+    for number, line in enumerate(lines, start=1):
+        try:
+            placed = classify(orjson.loads(line), zone)
+        except orjson.JSONDecodeError:
+            placed = "not JSON"
+        if isinstance(placed, str):
+            problems.append(f"line {number}: {placed}")
+            continue
+        event_id, event_day, _ = placed
+        if event_id in seen:
+            problems.append(f"line {number}: id {event_id} repeated")
+        if event_day != day:
+            problems.append(f"line {number}: event of {event_day}")
+        seen.add(event_id)
     return dg.AssetCheckResult(
         check_name=RAW_IDS_AND_DAYS, passed=not problems,
-        metadata={"events_checked": checked, "problems": len(problems),
+        description=f"{len(problems)} problem(s) in the raw file of {day}" if problems else None,
+        metadata={"events_checked": len(lines), "problems": len(problems),
                   "first_problems": "\n".join(problems[:20]) or "none"},
     )
 
 
-def check_rejected(day_files: Iterable[DayFile]) -> dg.AssetCheckResult:
-    """A warning listing the days with rejected events and where they are."""
-    rejected = {str(day.day): day.rejected for day in day_files if day.rejected}
-    paths = [str(day.rejected_path) for day in day_files if day.rejected]
+def check_rejected(day_file: DayFile) -> dg.AssetCheckResult:
+    """A warning when the day has rejected events, saying where they are."""
     return dg.AssetCheckResult(
-        check_name=RAW_REJECTED, passed=not rejected, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"rejected_by_day": rejected, "files": "\n".join(paths) or "none"},
+        check_name=RAW_REJECTED, passed=not day_file.rejected,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(f"{day_file.rejected} event(s) of {day_file.day} could not be placed; "
+                     f"see {day_file.rejected_path}") if day_file.rejected else None,
+        metadata={"rejected_events": day_file.rejected,
+                  "file": str(day_file.rejected_path) if day_file.rejected else "none"},
     )
 
 
 def _raw_ids(storage: Storage, day: date) -> list[str]:
     ids = []
-    with open(storage.raw_path(day), "rb") as raw:
-        for line in raw:
-            if line.strip():
-                try:
-                    item = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    item = None
-                ids.append(str(item.get("id")) if isinstance(item, dict) else "")
+    for line in _raw_lines(storage, day):
+        if line.strip():
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                item = None
+            ids.append(str(item.get("id")) if isinstance(item, dict) else "")
     return ids
 
 
 def _csv_ids(storage: Storage, day: date) -> list[str]:
-    with open(storage.csv_path(day), newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            return []
-        index = header.index("id") if "id" in header else None
-        return [row[index] if index is not None and index < len(row) else "" for row in reader]
+    records = _csv_records(storage, day)
+    if not records:
+        return []
+    header, rows = records[0], records[1:]
+    index = header.index("id") if "id" in header else None
+    return [row[index] if index is not None and index < len(row) else "" for row in rows]
 
 
-def check_csv_rows(storage: Storage, days: Iterable[date]) -> dg.AssetCheckResult:
-    """The CSV of each day has one record per raw event: same count, same ids, same order."""
-    mismatches = {}
-    for day in days:
-        ids, rows = _raw_ids(storage, day), _csv_ids(storage, day)
-        if ids != rows:
-            missing, extra = sorted(set(ids) - set(rows)), sorted(set(rows) - set(ids))
-            mismatches[str(day)] = {"raw_events": len(ids), "csv_rows": len(rows),
-                                    "ids_missing_from_csv": missing[:10],
-                                    "ids_not_in_raw": extra[:10]}
+def check_csv_rows(storage: Storage, day: date) -> dg.AssetCheckResult:
+    """The day's CSV has one record per raw event: same count, same ids, same order."""
+    ids, rows = _raw_ids(storage, day), _csv_ids(storage, day)
+    metadata: dict[str, Any] = {"raw_events": len(ids), "csv_rows": len(rows)}
+    if ids != rows:
+        missing, extra = sorted(set(ids) - set(rows)), sorted(set(rows) - set(ids))
+        metadata.update({"ids_missing_from_csv": missing[:10], "ids_not_in_raw": extra[:10]})
     return dg.AssetCheckResult(
-        check_name=CSV_ROWS, passed=not mismatches,
-        description=("CSV and raw file differ on " + ", ".join(mismatches)) if mismatches
-        else None,
-        metadata={"mismatches": mismatches})
+        check_name=CSV_ROWS, passed=ids == rows,
+        description=None if ids == rows else f"The CSV and the raw file of {day} differ",
+        metadata=metadata)
 
 
-def check_import_reports(outcomes: Iterable[ImportOutcome]) -> dg.AssetCheckResult:
-    """Each import's inserted + updated + skipped equals the rows it carried.
+def check_import_reports(outcome: ImportOutcome,
+                         configuration_id: str | None = None) -> dg.AssetCheckResult:
+    """Each import of the day: inserted + updated + skipped equals the rows it carried.
 
     Compared for List imports (and reports without a block type); a Metric import counts
     cells, which do not map to rows, so it is not compared.
 
-    A push whose answer was cut off after Pigment's 200 has no import id, so no report to
-    read: it is listed, and the check warns (severity WARN) unless an import fell short.
+    What cannot be verified does not pass: a push whose answer was cut off after Pigment's 200
+    (no import id, so no report), and an import whose status Pigment no longer knows
+    (``StatusUnknown``) while some of its events are in no later import Pigment completed. The
+    check then warns (severity WARN) "could not be verified", unless an import fell short.
     """
+    record = _import_record(outcome.record_path)
+    entries = [entry for entry in record["imports"]
+               if configuration_id is None or entry.get("configurationId") == configuration_id]
+    rows_by_id = {entry["importId"]: entry["rows"] for entry in entries if entry["importId"]}
     short: dict[str, dict[str, int]] = {}
-    lost: list[dict[str, object]] = []
-    imports = 0
-    for outcome in outcomes:
-        lost.extend(outcome.answer_lost)
-        record = orjson.loads(outcome.record_path.read_bytes()) if outcome.record_path.exists() \
-            else {"imports": []}
-        rows_by_id = {entry["importId"]: entry["rows"] for entry in record["imports"]}
-        for import_id, report in outcome.reports.items():
-            imports += 1
-            if report.get("blockType") == "Metric":
-                continue  # a metric's counts are cells, not rows: nothing to compare them to
-            accounted = sum(int(report.get(name) or 0)
-                            for name in ("insertedCount", "updatedCount", "skippedCount"))
-            if accounted != rows_by_id.get(import_id):
-                short[import_id] = {"rows_pushed": rows_by_id.get(import_id, -1),
-                                    "accounted_for": accounted}
+    for import_id, report in outcome.reports.items():
+        if report.get("blockType") == "Metric":
+            continue  # a metric's counts are cells, not rows: nothing to compare them to
+        accounted = sum(int(report.get(name) or 0) for name in REPORT_SUMS)
+        if accounted != rows_by_id.get(import_id):
+            short[import_id] = {"rows_pushed": rows_by_id.get(import_id, -1),
+                                "accounted_for": accounted}
+    confirmed = {event_id for entry in entries if entry.get("status") == "Completed"
+                 for event_id in entry.get("eventIds", [])}
+    unknown = {entry["importId"]: entry["rows"] for entry in entries
+               if entry.get("status") == STATUS_UNKNOWN
+               and not set(entry.get("eventIds", [])) <= confirmed}
+    lost = list(outcome.answer_lost)
     problems = []
     if short:
         problems.append("imports whose report falls short: " + ", ".join(short))
+    if unknown:
+        problems.append("could not be verified: Pigment no longer knows the status of "
+                        + ", ".join(f"import {import_id} ({rows} rows)"
+                                    for import_id, rows in unknown.items())
+                        + "; force a full re-push of the day to verify its rows")
     if lost:
-        problems.append("pushes accepted (HTTP 200) whose import id was cut off, so their "
-                        "report cannot be read; check them in Pigment: " + ", ".join(
-                            f"{item['day']} chunk {item['chunk']} ({item['rows']} rows)"
-                            for item in lost))
+        problems.append("could not be verified: pushes accepted (HTTP 200) whose import id "
+                        "was cut off, so their report cannot be read; check them in Pigment: "
+                        + ", ".join(f"{item['day']} chunk {item['chunk']} ({item['rows']} rows)"
+                                    for item in lost))
     return dg.AssetCheckResult(
         check_name=IMPORT_REPORTS, passed=not problems,
         severity=dg.AssetCheckSeverity.ERROR if short else dg.AssetCheckSeverity.WARN,
         description="; ".join(problems) or None,
-        metadata={"imports_checked": imports, "short": short,
+        metadata={"imports_checked": len(outcome.reports), "short": short,
+                  "not_verified": dg.MetadataValue.json(
+                      {**{import_id: STATUS_UNKNOWN for import_id in unknown},
+                       **{f"chunk {item['chunk']}": ANSWER_LOST for item in lost}}),
                   "answers_lost": dg.MetadataValue.json(lost)},
     )

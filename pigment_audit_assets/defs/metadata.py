@@ -32,19 +32,18 @@ def raw_day_metadata(day_file: DayFile) -> dict[str, Any]:
     }
 
 
-def scan_metadata(scan: ScanResult) -> dict[str, Any]:
-    """The run's one scan, over all its days."""
-    return {
-        "api_requests": scan.audit_requests,
-        "pages": scan.pages,
-        "events_seen": scan.events_seen,
-        "duplicates_dropped": scan.duplicates,
-        "events_outside_days": scan.outside_range,
-        "rejected_events": scan.rejected,
-        "days": len(scan.days),
-        "days_changed": dg.MetadataValue.json(
-            [str(day) for day, day_file in sorted(scan.days.items()) if day_file.changed]),
-    }
+def scan_summary(scan: ScanResult) -> str:
+    """The run's one scan, over all its days, as a line for the run's logs.
+
+    Not metadata: a day's materialization carries only that day's figures, and these are the
+    run's (a ranged run scans once for all its days).
+    """
+    changed = [str(day) for day, day_file in sorted(scan.days.items()) if day_file.changed]
+    return (f"This run's audit scan, for its {len(scan.days)} day(s): {scan.audit_requests} "
+            f"API request(s), {scan.pages} page(s), {scan.events_seen:,} event(s) seen, "
+            f"{scan.duplicates:,} duplicate(s) dropped, {scan.outside_range:,} outside the "
+            f"run's days, {scan.rejected:,} rejected; days whose events changed: "
+            f"{', '.join(changed) or 'none'}.")
 
 
 def csv_day_metadata(summary: CsvSummary) -> dict[str, Any]:
@@ -78,8 +77,13 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 
 def import_day_metadata(outcome: ImportOutcome) -> dict[str, Any]:
-    """One day's push: import ids, rows, Pigment's report."""
+    """One day's push: import ids, rows, Pigment's report.
+
+    ``dagster/row_count`` is the day's events in Pigment: those pushed by earlier runs and
+    still counted as pushed, plus those this run pushed.
+    """
     return {
+        "dagster/row_count": outcome.already_pushed + outcome.rows_pushed,
         "import_ids": dg.MetadataValue.json(outcome.import_ids),
         "chunks_pushed": outcome.chunks,
         "rows_pushed": outcome.rows_pushed,
