@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
@@ -28,7 +29,14 @@ from pigment_audit_assets.core.table import write_csv
 from pigment_audit_assets_tests.synthetic import synthetic_events
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE_SCRIPT = ROOT.parent / "shared" / "reference" / "pigment_audit_tool.py"
+# The community script is not part of this repository (it is Pigment's community post's).
+REFERENCE_VARIABLE = "PIGMENT_AUDIT_REFERENCE_SCRIPT"
+REFERENCE_SCRIPT = Path(os.environ.get(REFERENCE_VARIABLE)
+                        or ROOT.parent / "shared" / "reference" / "pigment_audit_tool.py")
+REFERENCE_MISSING = (
+    f"needs the community script pigment_audit_tool.py (from Pigment's community post "
+    f"'Extracting usage data from a Pigment workspace'), not found at {REFERENCE_SCRIPT}: save "
+    f"it anywhere and run with {REFERENCE_VARIABLE}=/path/to/pigment_audit_tool.py")
 
 
 def write_jsonl(path: Path, events: list[object]) -> Path:
@@ -100,7 +108,7 @@ def test_empty_day_gives_an_empty_csv(tmp_path: Path) -> None:
     assert (tmp_path / "out.csv").read_bytes() == b""
 
 
-@pytest.mark.skipif(not REFERENCE_SCRIPT.exists(), reason="shared/reference is not beside the repo")
+@pytest.mark.skipif(not REFERENCE_SCRIPT.is_file(), reason=REFERENCE_MISSING)
 def test_csv_is_byte_identical_to_the_community_script(tmp_path: Path) -> None:
     events = synthetic_events(date(2025, 9, 1), 400, seed=3)
     raw = write_jsonl(tmp_path / "raw.jsonl", events)

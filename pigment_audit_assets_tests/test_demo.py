@@ -28,3 +28,8 @@ def test_demo_starts_the_ui_against_the_stand_in() -> None:
     assert f"Dagster UI: http://127.0.0.1:{port}" in done.stdout
     assert (ROOT / ".demo" / "dagster_home" / "dagster.yaml").read_text() == (
         ROOT / "dagster.yaml").read_text()
+    # The console shows what the user needs, not Dagster's notices about the project's choices.
+    console = done.stdout + done.stderr
+    for noise in ("BetaWarning", "PreviewWarning", "dev_command` is superseded",
+                  "will not be used"):
+        assert noise not in console, noise
