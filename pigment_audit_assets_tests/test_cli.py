@@ -95,7 +95,7 @@ def test_clear_errors_and_exit_codes(stand_in: PigmentStandIn, tmp_path: Path) -
     assert bad_date.returncode == 2 and "Not a valid date: '2025-13-01'" in bad_date.stderr
     reversed_range = pigment_audit(stand_in, tmp_path, "--start-date", day, "--end-date",
                                    (DAY - timedelta(days=1)).isoformat())
-    assert reversed_range.returncode == 1 and "--end-date" in reversed_range.stderr
+    assert reversed_range.returncode == 2 and "--end-date" in reversed_range.stderr  # bad arguments
     no_key = pigment_audit(stand_in, tmp_path, "--start-date", day, "--end-date", day,
                            PIGMENT_AUDIT_API_KEY="")
     assert no_key.returncode == 1 and "PIGMENT_AUDIT_API_KEY" in no_key.stderr
