@@ -31,6 +31,7 @@ from ..core.storage import (
     storage_from_url,
 )
 from ..core.table import CsvSummary, write_stored_csv
+from ..core.zones import check_zone
 
 CONFIGURATION_VARIABLE = "PIGMENT_IMPORT_CONFIGURATION_ID"
 
@@ -144,6 +145,7 @@ class PigmentResource(dg.ConfigurableResource):
         """Scan the Audit API once and write the raw (and rejects) file of every day."""
         storage, zone = self.storage(), self.zone()
         storage.check_access()  # a missing bucket or key fails here, before any request
+        check_zone(storage, zone)  # days of another zone are never mixed into these files
         stale = remove_stale_scratch()
         if isinstance(storage, LocalStorage):
             stale += storage.remove_stale_temporaries()
