@@ -29,6 +29,9 @@ def raw_day_metadata(day_file: DayFile) -> dict[str, Any]:
         "events_kept_from_before": day_file.kept_from_before,
         "rejected_events": day_file.rejected,
         "rejected_path": str(day_file.rejected_path) if day_file.rejected_path else "none",
+        # Events of days no run can write any more (before the first partition, past 180 days),
+        # filed in this day's rejects: by their own day.
+        "events_set_aside": dg.MetadataValue.json(day_file.set_aside),
         "empty_day": day_file.events == 0,
     }
 
@@ -44,7 +47,10 @@ def scan_summary(scan: ScanResult) -> str:
             f"API request(s), {scan.pages} page(s), {scan.events_seen:,} event(s) seen, "
             f"{scan.duplicates:,} duplicate(s) dropped, {scan.outside_range:,} outside the "
             f"run's days, {scan.rejected:,} rejected; days whose events changed: "
-            f"{', '.join(changed) or 'none'}.")
+            f"{', '.join(changed) or 'none'}"
+            + (f"; ingested since {scan.since:%Y-%m-%d %H:%M:%S}Z, watermark now "
+               f"{scan.watermark:%Y-%m-%d %H:%M:%S}Z" if scan.watermark and scan.since else "")
+            + ".")
 
 
 def csv_day_metadata(summary: CsvSummary,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -18,7 +18,7 @@ from ..core.client import (
     check_base_url,
     shared_pacer,
 )
-from ..core.collect import ScanResult, fetch_days
+from ..core.collect import ScanResult, fetch_days, plan_incremental_scan
 from ..core.days import parse_zone
 from ..core.errors import ConfigError
 from ..core.imports import ImportOutcome, push_day
@@ -31,6 +31,7 @@ from ..core.storage import (
     storage_from_url,
 )
 from ..core.table import CsvSummary, write_stored_csv
+from ..core.watermark import advance_watermark
 from ..core.zones import check_zone
 
 CONFIGURATION_VARIABLE = "PIGMENT_IMPORT_CONFIGURATION_ID"
@@ -70,6 +71,9 @@ class PigmentResource(dg.ConfigurableResource):
     import_poll_seconds: float = Field(default=5.0, description="Longest wait between polls.")
     import_poll_timeout_seconds: float = Field(
         default=1800.0, description="How long to wait for one import to finish.")
+    watermark_overlap_minutes: float = Field(
+        default=60.0, description="How far before the watermark the daily scan starts, for "
+        "events Pigment makes visible after others ingested later (README, late events).")
     lease_wait_seconds: float = Field(
         default=3600.0, description="How long a run waits for another run that is pushing the "
         "same day (the day's lease) before it fails naming that run.")
@@ -105,6 +109,9 @@ class PigmentResource(dg.ConfigurableResource):
         check_base_url(self.base_url)
         self.zone()
         self.storage()
+        if not 0 <= self.watermark_overlap_minutes <= 7 * 24 * 60:
+            raise ConfigError(f"watermark_overlap_minutes must be from 0 to 10080 (a week), not "
+                              f"{self.watermark_overlap_minutes!r}.")
         if not self.lease_wait_seconds >= 0:
             raise ConfigError(f"lease_wait_seconds must be 0 or more, not "
                               f"{self.lease_wait_seconds!r}.")
@@ -141,11 +148,22 @@ class PigmentResource(dg.ConfigurableResource):
 
     # --- the three steps --------------------------------------------------------------------
 
-    def fetch_days(self, days: list[date], log: Log) -> ScanResult:
-        """Scan the Audit API once and write the raw (and rejects) file of every day."""
+    def fetch_days(self, days: list[date], log: Log, *, incremental_from: date | None = None,
+                   full_from: date | None = None) -> ScanResult:
+        """Scan the Audit API once and write the raw (and rejects) file of every day.
+
+        With ``incremental_from`` (the first partition), the daily run's scan: from the
+        watermark less the overlap, every event into the raw file of its own day from that
+        first partition on, and the watermark moved forward once the files are written;
+        ``full_from``: a day from which the scan re-reads everything (the look-back).
+        """
         storage, zone = self.storage(), self.zone()
         storage.check_access()  # a missing bucket or key fails here, before any request
         check_zone(storage, zone)  # days of another zone are never mixed into these files
+        now = datetime.now(timezone.utc)
+        plan = plan_incremental_scan(storage, days, zone, now, incremental_from,
+                                     timedelta(minutes=self.watermark_overlap_minutes), log,
+                                     full_from=full_from) if incremental_from else None
         stale = remove_stale_scratch()
         if isinstance(storage, LocalStorage):
             stale += storage.remove_stale_temporaries()
@@ -153,9 +171,14 @@ class PigmentResource(dg.ConfigurableResource):
             log.info(f"Removed scratch left by an interrupted run: {path}")
         client = self.client(log, audit=True)
         try:
-            return fetch_days(client, days, zone, storage, now=datetime.now(timezone.utc), log=log)
+            if plan is None:
+                return fetch_days(client, days, zone, storage, now=now, log=log)
+            scan = fetch_days(client, days, zone, storage, now=now, log=log, since=plan.since,
+                              unreachable=plan.unreachable)
         finally:
             client.close()
+        scan.watermark = advance_watermark(storage, plan.state, scan.newest_ingested)
+        return scan
 
     def write_day_csv(self, day: date) -> CsvSummary:
         """Flatten a day's raw file into its CSV."""
