@@ -129,6 +129,7 @@ def _raw_lines(storage: Storage, day: date) -> list[bytes]:
 
 
 def _csv_records(storage: Storage, day: date) -> list[list[str]]:
+    csv.field_size_limit(2**31 - 1)  # cells past csv's default 131,072 characters
     with open(storage.csv_path(day), newline="", encoding="utf-8") as handle:
         return list(csv.reader(handle))
 
