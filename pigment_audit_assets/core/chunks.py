@@ -1,17 +1,20 @@
 """Split a CSV into push-sized chunk files, only between records, each with the header.
 
 Chunking copies bytes: records are never decoded or re-encoded. A record ends at a line feed
-outside any quoted cell; a quoted cell may hold line feeds and doubled quotes, so the quotes of
-each line are counted and a line feed ends a record only when the quotes since the record's
-start are even. Our CSVs are written as ``csv.writer`` writes them (QUOTE_MINIMAL, CRLF), so
-the chunks hold exactly the records the old decode-and-re-encode wrote, byte for byte. The
-trick was earned by ``benchmarks/push_csv.py`` (386 MiB in 50 MiB chunks: 14 s of CPU when
-rows were re-encoded).
+outside any quoted cell; a quoted cell may hold line feeds and doubled quotes, so a line feed
+ends a record only when the quotes since the record's start are even. Per block, only the
+quotes and line feeds are looked at (to count the records ending in it); where each record
+ends, quote parity per line, is worked out only in the blocks where a chunk boundary falls.
+Our CSVs are written as ``csv.writer`` writes them (QUOTE_MINIMAL, CRLF), so the chunks hold
+exactly the records the old decode-and-re-encode wrote, byte for byte. The trick was earned by
+``benchmarks/push_csv.py``: 386 MiB in 50 MiB chunks took 15 s of CPU re-encoding rows, and
+takes about 0.5 s copying bytes.
 
-The source is read in blocks, so memory holds one block and the record being completed,
-whatever the file's size. Chunks are files, so pushing one streams it from disk instead of
-building it in memory; all chunks are written before the first push, so a record too large for
-the chunk size fails before anything was sent.
+The source (a path, or a binary stream such as an object store's reader) is read in blocks, so
+memory holds a block or two and the record being completed, whatever the file's size. Chunks
+are files, so pushing one streams it from disk instead of building it in memory; all chunks
+are written before the first push, so a record too large for the chunk size fails before
+anything was sent.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import BinaryIO
 from .errors import ConfigError
 
 MEBIBYTE = 1024 * 1024
-BLOCK_BYTES = MEBIBYTE  # read size: memory is about three blocks plus the longest record
+BLOCK_BYTES = 256 * 1024  # read size: the same CPU as 1-4 MiB blocks, less memory
 # Python's csv module refuses cells over 131,072 characters by default; a cell is as long as
 # the event's text. 2**31 - 1 is the most every platform's C long holds. Set where csv reads,
 # not at import: the limit is process-wide and anyone may lower it again.
@@ -73,9 +76,12 @@ def chunk_size_bytes(chunk_size_mb: float, setting: str) -> int:
     return int(chunk_size_mb * MEBIBYTE)
 
 
-def _record_ends(data: bytes, odd: int) -> tuple[list[int], int]:
-    """Offsets just past each record-ending line feed of ``data``, and the quote parity after
-    ``data``; ``odd`` is 1 when ``data`` starts inside a quoted cell.
+# All bytes but the double quote and the line feed: what bytes.translate deletes.
+_NOT_QUOTE_OR_LF = bytes(set(range(256)) - {0x22, 0x0A})
+
+
+def _record_ends(data: bytes) -> list[int]:
+    """Offsets just past each record-ending line feed of ``data``, which starts at a record.
 
     Every step is a C-level pass over the lines (map, accumulate, compress): a Python step per
     record would cost as much as the re-encoding this replaces.
@@ -83,48 +89,75 @@ def _record_ends(data: bytes, odd: int) -> tuple[list[int], int]:
     lines = data.split(b"\n")
     lines.pop()  # after the last line feed: no record ends there
     line_ends = map(add, accumulate(map(len, lines)), count(1))
-    quotes = data.count(b'"')
-    if not quotes:
-        return ([] if odd else list(line_ends)), odd
-    parities = map(and_, accumulate(map(bytes.count, lines, repeat(b'"')), initial=odd),
-                   repeat(1))
-    next(parities)  # the parity before the first line
-    return list(compress(line_ends, map(not_, parities))), (odd + quotes) & 1
+    if b'"' not in data:
+        return list(line_ends)
+    parities = map(and_, accumulate(map(bytes.count, lines, repeat(b'"'))), repeat(1))
+    return list(compress(line_ends, map(not_, parities)))
 
 
-def _blocks(stream: BinaryIO) -> Iterator[tuple[bytes, list[int]]]:
-    """The stream as buffers that each start at a record and end just past its last complete
-    record, with the offsets where their records end (the last is the buffer's length).
+@dataclass
+class _Run:
+    """Whole records, in parts (a record may span blocks): their bytes and their count."""
 
-    A record longer than a block is gathered from its parts once, when its end is found.
+    parts: list[bytes | memoryview]
+    size: int
+    rows: int
+
+    def joined(self) -> tuple[bytes, list[int]]:
+        """The run as one buffer, and where each of its records ends."""
+        buffer = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        buffer = bytes(buffer)  # a memoryview slice becomes bytes: split and count want them
+        ends = _record_ends(buffer)
+        if len(ends) != self.rows:  # the two ways of counting must agree
+            raise AssertionError(f"{len(ends)} record ends found, {self.rows} counted")
+        return buffer, ends
+
+
+def _runs(stream: BinaryIO) -> Iterator[_Run]:
+    """The stream as runs of whole records, one per block that completes a record.
+
+    Only the count of records ending in a block is found per block, on its quotes and line
+    feeds alone (``translate`` keeps those; a line feed between quotes is inside a cell), and
+    the last record end by searching back from the block's end. Where each record ends is
+    worked out (:meth:`_Run.joined`) only for the runs a chunk boundary falls in.
     """
-    pending: list[bytes] = []  # the parts of a record not yet complete
-    pending_bytes = odd = 0
+    pending: list[bytes | memoryview] = []  # the parts of a record not yet complete
+    pending_bytes = odd = 0  # odd: the block starts inside a quoted cell
     while block := stream.read(BLOCK_BYTES):
         if type(block) is not bytes:  # a stream may hand out bytearrays or memoryviews
             block = bytes(block)
-        ends, after = _record_ends(block, odd)
-        if not ends:
+        marks = block.translate(None, _NOT_QUOTE_OR_LF)
+        pieces = marks.split(b'"')
+        quotes = len(pieces) - 1
+        # Pieces alternate outside / inside quotes; an inside piece holds only line feeds.
+        quoted_feeds = sum(map(len, pieces[1 - odd::2]))
+        rows = len(marks) - quotes - quoted_feeds
+        after = (odd + quotes) & 1  # inside a quoted cell at the block's end?
+        if not rows:
             pending.append(block)
             pending_bytes += len(block)
             odd = after
             continue
-        last = ends[-1]
-        if pending:
-            buffer = b"".join([*pending, memoryview(block)[:last]])
-            ends = list(map(add, ends, repeat(pending_bytes)))
-        else:
-            buffer = block if last == len(block) else block[:last]
-        pending = [block[last:]] if last < len(block) else []
+        # The last record end: the last line feed with even quotes after it.
+        feed = block.rfind(b"\n")
+        tail_quotes = block.count(b'"', feed + 1)
+        while (after + tail_quotes) & 1:
+            previous = block.rfind(b"\n", 0, feed)
+            tail_quotes += block.count(b'"', previous + 1, feed)
+            feed = previous
+        last = feed + 1
+        view = memoryview(block)
+        yield _Run([*pending, view[:last] if last < len(block) else block],
+                   pending_bytes + last, rows)
+        pending = [view[last:]] if last < len(block) else []
         pending_bytes = len(block) - last
-        odd = after  # the quotes after the last record end are those of the tail
-        yield buffer, ends
+        odd = after  # the quotes after the last record end are the tail's
     if pending:
         if odd:
             raise csv.Error("the CSV ends inside a quoted cell")
         # A last record without its line end, as csv.writer would have ended it.
-        tail = b"".join(pending)
-        yield tail + b"\r\n", [len(tail) + 2]
+        pending.append(b"\r\n")
+        yield _Run(pending, pending_bytes + 2, 1)
 
 
 def _cells(record: bytes) -> list[str]:
@@ -207,11 +240,11 @@ def write_chunks(
     with ExitStack() as files:
         stream = (files.enter_context(open(source, "rb")) if isinstance(source, Path)
                   else source)
-        buffers = _blocks(stream)
-        first = next(buffers, None)
+        runs = _runs(stream)
+        first = next(runs, None)
         if first is None:  # an empty file: no header, no records
             return []
-        buffer, ends = first
+        buffer, ends = first.joined()
         header = buffer[:ends[0]]
         names = _cells(header)
         id_index = names.index(id_column) if id_column in names else None
@@ -219,15 +252,26 @@ def write_chunks(
         skipping = bool(skip_ids) and id_index is not None
         start, ends = ends[0], ends[1:]
         while True:
-            view = memoryview(buffer)
             if not skipping:
-                writer.write(view, start, ends)
+                writer.write(memoryview(buffer), start, ends)
             else:
-                _write_unskipped(writer, view, start, ends, id_index, skip_ids)
-            following = next(buffers, None)
-            if following is None:
+                _write_unskipped(writer, memoryview(buffer), start, ends, id_index, skip_ids)
+            run = next(runs, None)
+            if run is None:
                 break
-            (buffer, ends), start = following, 0
+            current = writer.current
+            while (not skipping and current is not None
+                   and current.bytes + run.size <= max_bytes):
+                # The common case: the whole run fits in the chunk, copied as it is.
+                writer.handle.writelines(run.parts)
+                current.bytes += run.size
+                current.rows += run.rows
+                run = next(runs, None)
+                if run is None:
+                    break
+            if run is None:
+                break
+            (buffer, ends), start = run.joined(), 0
         if writer.handle is not None:
             writer.handle.close()
     return writer.chunks
