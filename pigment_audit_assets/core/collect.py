@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from . import jsonio
 from .client import Log, PigmentClient
 from .days import (
     EPOCH,
@@ -455,13 +456,19 @@ def fetch_days(
                 placed = place(item)
                 if isinstance(placed, str):
                     reject_day = _reject_day(item, wanted_set, wanted[0], zone)
-                    rejects.append((day_keys[reject_day], placed, orjson.dumps(item)))
+                    rejects.append((day_keys[reject_day], placed,
+                                    jsonio.dumps(item, any_depth=True)))
                     continue
                 event_id, event_day, at = placed
                 if event_day not in wanted_set:
                     result.outside_range += 1
                     continue
-                line = orjson.dumps(item)
+                try:
+                    line = jsonio.dumps(item)
+                except jsonio.NestingTooDeep as error:  # orjson cannot write it: set aside
+                    rejects.append((day_keys[event_day], str(error),
+                                    jsonio.dumps(item, any_depth=True)))
+                    continue
                 if table is not None:  # rendered now, while parsed
                     line = _with_cells(line, item, table)
                 rows.append((event_id, day_keys[event_day], at, _event_type(item), line))
@@ -501,7 +508,7 @@ def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo,
         for line in previous:
             if not line.strip():
                 continue
-            item = orjson.loads(line)
+            item = jsonio.loads(line)
             placed = classify(item, zone)
             if isinstance(placed, str):
                 continue
@@ -551,8 +558,9 @@ def _write_rejects(spool: _Spool, storage: Storage, day: date, key: str, day_fil
     path = storage.rejected_path(day)
     if path.exists():  # rejects seen by earlier scans stay on record
         with open(path, "rb") as previous:
-            rows = [(key, str(record.get("reason", "")), orjson.dumps(record.get("event")))
-                    for record in map(orjson.loads, filter(bytes.strip, previous))]
+            rows = [(key, str(record.get("reason", "")),
+                     jsonio.dumps(record.get("event"), any_depth=True))
+                    for record in map(jsonio.loads, filter(bytes.strip, previous))]
         spool.add_rejects(rows)
     rejects = spool.day_rejects(key)
     if not rejects and not path.exists():

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import orjson
 
+from . import jsonio
 from .flatten import flatten_event
 from .shapes import (
     CELL_SEPARATOR,
@@ -79,7 +80,7 @@ def iter_raw_events(raw_paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
         with open(raw_path, "rb") as raw:
             for line in raw:
                 if not line.isspace():  # stops at the first byte, unlike strip()'s copy
-                    event = orjson.loads(line)
+                    event = jsonio.loads(line)  # integers beyond 64 bits kept exact
                     if type(event) is not dict:
                         raise ValueError(f"{raw_path} holds a line that is not a JSON object; "
                                          "raw files hold one event object per line.")
