@@ -12,6 +12,7 @@ import csv
 import io
 import random
 import shutil
+import tracemalloc
 from collections.abc import Collection
 from datetime import date
 from pathlib import Path
@@ -191,6 +192,29 @@ def test_several_chunks_from_a_stream_with_short_reads(tmp_path: Path) -> None:
     new = chunk_facts(write_chunks(stream, 600, tmp_path / "new"))
     assert len(old) > 2 and new == old
     assert not stream.closed  # the caller's stream is the caller's to close
+
+
+def test_memory_stays_flat_whatever_the_size(tmp_path: Path) -> None:
+    """A 40 MiB CSV in 16 MiB chunks: Python's allocations peak at a few blocks (and a cut
+    block's lines), far below a chunk or the file."""
+    rows = [["id", "text"]] + [[f"e{n}", 'a,"b"\r\nc' * (n % 50)] for n in range(2000)]
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    body = buffer.getvalue().encode().split(b"\r\n", 1)[1]
+    csv_path = tmp_path / "day.csv"
+    with open(csv_path, "wb") as handle:
+        handle.write(b"id,text\r\n")
+        for _ in range(40 * 1024 * 1024 // len(body)):
+            handle.write(body)
+    tracemalloc.start()
+    try:
+        chunks = write_chunks(csv_path, 16 * 1024 * 1024, tmp_path / "chunks")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(chunks) == 3  # every byte in a chunk, the 9-byte header once per chunk:
+    assert sum(chunk.bytes for chunk in chunks) == csv_path.stat().st_size + 9 * (len(chunks) - 1)
+    assert peak < 16 * chunks_module.BLOCK_BYTES  # 4 MiB, where a chunk is 16 MiB
 
 
 def test_a_header_only_or_empty_source_gives_no_chunks(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import shutil
 from bisect import bisect_right
 from collections.abc import Collection, Iterator
@@ -126,7 +127,9 @@ def _runs(stream: BinaryIO) -> Iterator[_Run]:
     while block := stream.read(BLOCK_BYTES):
         if type(block) is not bytes:  # a stream may hand out bytearrays or memoryviews
             block = bytes(block)
-        marks = block.translate(None, _NOT_QUOTE_OR_LF)
+        # Doubled quotes ("" inside a cell, or an empty cell) change no parity and hold no
+        # line feed: dropped, so the pieces are about as many as the lines, not the quotes.
+        marks = block.translate(None, _NOT_QUOTE_OR_LF).replace(b'""', b"")
         pieces = marks.split(b'"')
         quotes = len(pieces) - 1
         # Pieces alternate outside / inside quotes; an inside piece holds only line feeds.
@@ -238,8 +241,8 @@ def write_chunks(
         shutil.rmtree(work_dir)  # chunks of an interrupted run are rebuilt, never trusted
     work_dir.mkdir(parents=True)
     with ExitStack() as files:
-        stream = (files.enter_context(open(source, "rb")) if isinstance(source, Path)
-                  else source)
+        stream = (files.enter_context(open(source, "rb"))
+                  if isinstance(source, (str, os.PathLike)) else source)
         runs = _runs(stream)
         first = next(runs, None)
         if first is None:  # an empty file: no header, no records
