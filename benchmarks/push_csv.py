@@ -13,9 +13,9 @@ Two uses:
 - Without it: chunking alone, the old way (rows read with ``csv`` and re-encoded one by one,
   the implementation before the byte copy, kept below) and the new (:func:`write_chunks`), side
   by side in one run, each in its own child process under ``rusage.py`` (CPU = user + system,
-  peak RSS), on ``csv`` or, without one, on a CSV of ``--size-mib`` MiB generated from the
-  project's synthetic events (the default 386 MiB is the 1,000,000-event day's CSV). The two
-  sets of chunk files are checked to be the same bytes::
+  peak RSS; the child reports the split itself), on ``csv`` or, without one, on a CSV of
+  ``--size-mib`` MiB generated from the project's synthetic events (the default 386 MiB is the
+  1,000,000-event day's CSV). The two sets of chunk files are checked to be the same bytes::
 
     python benchmarks/push_csv.py --size-mib 386 --chunk-size 50
 """
@@ -28,6 +28,7 @@ import filecmp
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -142,11 +143,12 @@ def compare(csv_path: Path, chunk_mb: float) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-chunks-") as scratch:
         for which in ("old", "new"):
             out = Path(scratch) / f"{which}.json"
-            subprocess.run([sys.executable, str(HERE / "rusage.py"), str(out), "--",
-                            sys.executable, str(Path(__file__).resolve()), str(csv_path),
-                            "--chunk-only", which, "--chunk-size", str(chunk_mb),
-                            "--work-dir", str(Path(scratch) / which)], check=True)
-            figures[which] = json.loads(out.read_text())
+            child = subprocess.run([sys.executable, str(HERE / "rusage.py"), str(out), "--",
+                                    sys.executable, str(Path(__file__).resolve()),
+                                    str(csv_path), "--chunk-only", which, "--chunk-size",
+                                    str(chunk_mb), "--work-dir", str(Path(scratch) / which)],
+                                   check=True, capture_output=True, text=True)
+            figures[which] = {**json.loads(out.read_text()), **json.loads(child.stdout)}
         old_files = sorted((Path(scratch) / "old").iterdir())
         new_files = sorted((Path(scratch) / "new").iterdir())
         same = ([path.name for path in old_files] == [path.name for path in new_files]
@@ -156,8 +158,10 @@ def compare(csv_path: Path, chunk_mb: float) -> int:
     print(f"{csv_path.name}: {size / MEBIBYTE:.1f} MiB in {chunk_mb:g} MiB chunks, "
           f"{len(new_files)} chunk(s); chunk files identical: {same}")
     for which in ("old", "new"):
-        print(f"  {which}: {figures[which]['cpu']:.2f} s CPU, {figures[which]['wall']:.2f} s "
-              f"wall, peak RSS {figures[which]['peak_rss_mb']:.1f} MB")
+        figure = figures[which]
+        print(f"  {which}: {figure['cpu']:.2f} s CPU (user {figure['user']:.2f}, system "
+              f"{figure['system']:.2f}), {figure['wall']:.2f} s wall, peak RSS "
+              f"{figure['peak_rss_mb']:.1f} MB")
     print(f"  old / new CPU: {figures['old']['cpu'] / figures['new']['cpu']:.1f}x")
     return 0 if same else 1
 
@@ -166,6 +170,8 @@ def chunk_only(csv_path: Path, chunk_mb: float, which: str, work_dir: Path) -> i
     """One chunking, in this process (the child ``compare`` measures)."""
     function = old_write_chunks if which == "old" else write_chunks
     function(csv_path, chunk_size_bytes(chunk_mb, "--chunk-size"), work_dir)
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # the split rusage.py does not give
+    print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime}))
     return 0
 
 
