@@ -122,21 +122,36 @@ def test_nesting_limit_is_orjsons_and_any_depth_writes_without_recursion() -> No
     assert jsonio.dumps(deep, any_depth=True) == b'{"a":' * 5000 + b"{}" + b"}" * 5000
 
 
-def test_loads_deeper_than_orjson_goes_to_json_under_the_recursion_limit() -> None:
-    data = b"[" * 1100 + b"]" * 1100  # orjson parses 1,024 levels
+def test_loads_deeper_than_orjson_parses_without_recursion() -> None:
+    data = b"[" * 1100 + b"]" * 1100  # orjson parses 1,024 levels, json about 1,000
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(data)
-    limit = sys.getrecursionlimit()
-    with pytest.raises(jsonio.JSONDecodeError, match="depth"):  # json too, at 1,000
-        jsonio.loads(data)
-    try:
-        sys.setrecursionlimit(5000)
-        value = jsonio.loads(data)
-    finally:
-        sys.setrecursionlimit(limit)
+    with pytest.raises(RecursionError):
+        json.loads(data)
+    value = jsonio.loads(data)
     for _ in range(1099):
         value = value[0]
     assert value == []
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_deep_parser_reads_what_json_reads(seed: int) -> None:
+    rng = random.Random(seed)
+    value = {"v": random_value(rng, big=True), "s": TEXTS}
+    text = json.dumps(value, indent=rng.choice([None, 1]), ensure_ascii=rng.random() < 0.5)
+    assert repr(jsonio._loads_deep(text.encode())) == repr(json.loads(text))
+    read = jsonio.loads(jsonio.dumps(nested(1500, value), any_depth=True))
+    assert repr(unwrap(1500, read)) == repr(value)  # repr itself would recurse too deep
+
+
+@pytest.mark.parametrize("tail", [b"[1,]", b"[1 2]", b'{"a" 1}', b'{"a":1,}', b"[NaN]",
+                                  b"[1e400]", b'["open]', b"[tru]", b"[01]", b"[1]x", b"[-]",
+                                  b'["\xff"]', b"{1:2}"])
+def test_the_deep_parser_refuses_what_is_not_json(tail: bytes) -> None:
+    with pytest.raises(jsonio.JSONDecodeError):
+        jsonio.loads(b"[" * 1100 + tail + b"]" * 1100)
+    with pytest.raises(jsonio.JSONDecodeError):
+        jsonio._loads_deep(tail)
 
 
 # --- end to end ----------------------------------------------------------------------------
@@ -150,6 +165,17 @@ def nested(depth: int, leaf: Any) -> Any:
     value = leaf
     for level in range(depth):
         value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def unwrap(depth: int, value: Any) -> Any:
+    """What :func:`nested` wrapped, checking each level's shape on the way down."""
+    for level in reversed(range(depth)):
+        if level % 2:
+            (value,) = value
+        else:
+            assert list(value) == ["k"]
+            value = value["k"]
     return value
 
 
@@ -203,8 +229,14 @@ def test_an_event_nested_too_deep_is_rejected_and_the_day_lands(
         stand_in: PigmentStandIn, tmp_path: Path) -> None:
     events = synthetic_events(DAY, 30, seed=12)
     deep = [odd_event(events[5], "deep-300", nested(300, "bottom")),
-            odd_event(events[9], "deep-600", nested(600, BIG))]
-    stand_in.add_events([*events, *deep])
+            odd_event(events[9], "deep-600", nested(600, BIG)),
+            odd_event(events[12], "deep-1500", nested(1500, 1.5e-7))]  # past orjson's parser
+    limit = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(5000)  # for the stand-in's json encoder, in this thread only
+        stand_in.add_events([*events, *deep])
+    finally:
+        sys.setrecursionlimit(limit)
     storage = Storage(tmp_path / "store")
     for scan_number in (1, 2):  # the second scan reads the first one's rejects back
         with CsvTable(tmp_path / "scratch") as table:
@@ -212,13 +244,18 @@ def test_an_event_nested_too_deep_is_rejected_and_the_day_lands(
                               now=STAND_IN_NOW, log=log, table=table)
             summary = table.write(tmp_path / f"day-{scan_number}.csv")
         day = scan.days[DAY]
-        assert day.events == summary.rows == 30 and day.rejected == 2
+        assert day.events == summary.rows == 30 and day.rejected == 3
         ids = [orjson.loads(line)["id"] for line in storage.raw_path(DAY).read_bytes().splitlines()]
         assert sorted(ids) == sorted(event["id"] for event in events)
-        records = [json.loads(line) for line in
+        records = [jsonio.loads(line) for line in
                    storage.rejected_path(DAY).read_bytes().splitlines()]
         assert sorted((record["event"]["id"], record["reason"]) for record in records) == [
+            ("deep-1500", "nested deeper than 254 levels"),
             ("deep-300", "nested deeper than 254 levels"),
             ("deep-600", "nested deeper than 254 levels")]
         by_id = {record["event"]["id"]: record["event"] for record in records}
-        assert by_id == {event["id"]: event for event in deep}  # kept whole, exact
+        for event in deep:  # kept whole, exact (compared as bytes: == would recurse)
+            assert (jsonio.dumps(by_id[event["id"]], any_depth=True)
+                    == jsonio.dumps(event, any_depth=True))
+        assert unwrap(600, by_id["deep-600"]["payload"]) == BIG
+        assert unwrap(1500, by_id["deep-1500"]["payload"]) == 1.5e-7

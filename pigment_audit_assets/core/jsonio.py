@@ -8,9 +8,11 @@
 - Nesting: ``orjson.dumps`` stops at 255 levels (``TypeError: Recursion limit reached``).
   :func:`dumps` raises :class:`NestingTooDeep` for it, so that a caller can set the value
   aside (the scan rejects such an event); ``dumps(value, any_depth=True)`` writes it anyway
-  (for the rejects file), without recursion. ``orjson.loads`` parses up to 1,024 levels;
-  beyond, :func:`loads` tries ``json``, which goes as deep as the interpreter's recursion limit
-  allows.
+  (for the rejects file), without recursion. ``orjson.loads`` parses up to 1,024 levels
+  (``json`` about 1,000, the interpreter's recursion limit); for a page nested deeper,
+  :func:`loads` falls back to a parser without recursion (``json``'s own string scanner and
+  number syntax, so the values are those ``json.loads`` gives), so that the event can be
+  rejected rather than the page refused.
 
 Validity is orjson's throughout: :func:`loads` asks ``json`` only about documents orjson has
 accepted, so both read the same documents (``json`` alone would accept ``NaN`` or lone
@@ -20,6 +22,8 @@ surrogates), and errors are orjson's (:data:`JSONDecodeError`).
 from __future__ import annotations
 
 import json
+import re
+from json.decoder import scanstring
 from typing import Any
 
 import orjson
@@ -47,16 +51,13 @@ def loads(data: bytes) -> Any:
     except orjson.JSONDecodeError as error:
         if "depth limit" not in str(error):
             raise
-        try:  # deeper than orjson parses: json may, under the interpreter's recursion limit
-            return json.loads(data)
-        except (RecursionError, ValueError):
-            raise error from None
+        return _loads_deep(data)  # deeper than orjson (and json) parse
     if data.translate(_DIGITS_TO_ZERO).find(_NINETEEN_DIGITS) < 0:
         return value  # no integer of 19 digits or more: orjson's value is exact
     try:
         return json.loads(data)  # orjson accepted it: json reads the same document
-    except RecursionError:  # between json's depth and orjson's 1,024: orjson's answer
-        return value
+    except RecursionError:  # between json's depth and orjson's 1,024
+        return _loads_deep(data)
 
 
 def dumps(value: Any, *, any_depth: bool = False) -> bytes:
@@ -120,3 +121,97 @@ def _dumps_walk(value: Any, max_depth: int | None) -> bytes:
             out.append(orjson.dumps(key) + b":")
         start(item)
     return b"".join(out)
+
+
+_SPACE = re.compile(r"[ \t\n\r]*").match
+_NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?").match  # json's, ASCII
+_LITERALS = {"true": True, "false": False, "null": None}
+
+
+def _loads_deep(data: bytes) -> Any:
+    """Parse JSON nested to any depth, with a stack instead of recursion (slow: only for
+    documents nested deeper than orjson parses). Raises :data:`JSONDecodeError`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise JSONDecodeError(f"not UTF-8 ({error.reason})", "", error.start) from None
+    try:
+        return _parse_deep(text)
+    except JSONDecodeError:
+        raise
+    except (json.JSONDecodeError, ValueError) as error:  # scanstring's; int()'s digit limit
+        raise JSONDecodeError(str(error), text, getattr(error, "pos", 0)) from None
+
+
+def _parse_deep(text: str) -> Any:
+
+    def fail(what: str, at: int) -> JSONDecodeError:
+        return JSONDecodeError(what, text, at)
+
+    def key_at(at: int) -> tuple[str, int]:
+        if text[at:at + 1] != '"':
+            raise fail("expecting a property name in double quotes", at)
+        key, at = scanstring(text, at + 1, True)
+        at = _SPACE(text, at).end()
+        if text[at:at + 1] != ":":
+            raise fail("expecting ':'", at)
+        return key, _SPACE(text, at + 1).end()
+
+    # Per open container: the container, and for an object the key of the value to come.
+    stack: list[list[Any]] = []
+    at = _SPACE(text, 0).end()
+    while True:
+        char = text[at:at + 1]
+        if char == "{" or char == "[":
+            at = _SPACE(text, at + 1).end()
+            if text[at:at + 1] == ("}" if char == "{" else "]"):
+                value: Any = {} if char == "{" else []
+                at += 1
+            elif char == "{":
+                key, at = key_at(at)
+                stack.append([{}, key])
+                continue
+            else:
+                stack.append([[], None])
+                continue
+        elif char == '"':
+            value, at = scanstring(text, at + 1, True)
+        elif (number := _NUMBER(text, at)) is not None:
+            integer, fraction, exponent = number.groups()
+            value = (int(integer) if fraction is None and exponent is None
+                     else float(integer + (fraction or "") + (exponent or "")))
+            if value in (float("inf"), float("-inf")):
+                raise fail("number is infinity when parsed as double", at)
+            at = number.end()
+        else:
+            for literal, meaning in _LITERALS.items():
+                if text.startswith(literal, at):
+                    value, at = meaning, at + len(literal)
+                    break
+            else:
+                raise fail("expecting a value", at)
+        # A value is complete: put it in its container, closing those it completes.
+        while True:
+            if not stack:
+                if _SPACE(text, at).end() != len(text):
+                    raise fail("extra data", at)
+                return value
+            frame = stack[-1]
+            container = frame[0]
+            is_object = type(container) is dict
+            if is_object:
+                container[frame[1]] = value
+            else:
+                container.append(value)
+            at = _SPACE(text, at).end()
+            char = text[at:at + 1]
+            if char == ",":
+                at = _SPACE(text, at + 1).end()
+                if is_object:
+                    frame[1], at = key_at(at)
+                break
+            if char != ("}" if is_object else "]"):
+                raise fail("expecting ',' or a closing bracket", at)
+            at += 1
+            stack.pop()
+            value = container
