@@ -217,6 +217,16 @@ def test_memory_stays_flat_whatever_the_size(tmp_path: Path) -> None:
     assert peak < 16 * chunks_module.BLOCK_BYTES  # 4 MiB, where a chunk is 16 MiB
 
 
+@pytest.mark.parametrize("data", [b'id,text\r\n1,a\r\n2,"b\r\nc"', b"id,text\r\n1,a\r\n2,b\r",
+                                  b"id,text\r\n1,a\r\n2,b", b"c\r\n1\r\n\r"])
+def test_a_last_record_without_its_line_end_is_ended_as_before(tmp_path: Path,
+                                                                data: bytes) -> None:
+    csv_path = tmp_path / "day.csv"
+    csv_path.write_bytes(data)
+    old, new = both(csv_path, 1000, tmp_path)
+    assert new == old and isinstance(new, list) and new[0][5].endswith(b"\r\n")
+
+
 def test_a_header_only_or_empty_source_gives_no_chunks(tmp_path: Path) -> None:
     assert write_chunks(io.BytesIO(b""), 100, tmp_path / "a") == []
     assert write_chunks(io.BytesIO(b'id,"a\r\nb"\r\n'), 100, tmp_path / "b") == []

@@ -158,9 +158,10 @@ def _runs(stream: BinaryIO) -> Iterator[_Run]:
     if pending:
         if odd:
             raise csv.Error("the CSV ends inside a quoted cell")
-        # A last record without its line end, as csv.writer would have ended it.
-        pending.append(b"\r\n")
-        yield _Run(pending, pending_bytes + 2, 1)
+        # A last record without its line end (or with a bare CR), ended as csv.writer ends it.
+        end = b"\n" if bytes(pending[-1][-1:]) == b"\r" else b"\r\n"
+        pending.append(end)
+        yield _Run(pending, pending_bytes + len(end), 1)
 
 
 def _cells(record: bytes) -> list[str]:
