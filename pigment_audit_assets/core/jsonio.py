@@ -14,9 +14,14 @@
   number syntax, so the values are those ``json.loads`` gives), so that the event can be
   rejected rather than the page refused.
 
-Validity is orjson's throughout: :func:`loads` asks ``json`` only about documents orjson has
-accepted, so both read the same documents (``json`` alone would accept ``NaN`` or lone
-surrogates), and errors are orjson's (:data:`JSONDecodeError`).
+Validity is orjson's: :func:`loads` asks ``json`` only about documents orjson has accepted,
+so both read the same documents (``json`` alone would accept ``NaN`` or lone surrogates); past
+orjson's depth, the stack parser refuses ``NaN``, ``Infinity`` and numbers too big for a
+float as orjson does. Errors are orjson's :data:`JSONDecodeError` either way.
+
+The check for 19 digits costs about 0.6 µs per 600-byte event line and 0.7 ms per page of
+1,000 events (a quarter to a half of orjson's own parse); documents without such a run of
+digits are parsed once.
 """
 
 from __future__ import annotations
