@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from . import jsonio
 from .client import Log, PigmentClient
 from .days import (
     AUDIT_LOOKBACK,
@@ -550,7 +551,8 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                 placed = place(item)
                 if isinstance(placed, str):
                     reject_day = _reject_day(item, wanted_set, wanted[0], zone)
-                    rejects.append((day_keys[reject_day], placed, orjson.dumps(item)))
+                    rejects.append((day_keys[reject_day], placed,
+                                    jsonio.dumps(item, any_depth=True)))
                     continue
                 event_id, event_day, at = placed
                 if event_day not in wanted_set:
@@ -566,10 +568,15 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                         reject_day = _reject_day(item, wanted_set, wanted[0], zone)
                         filed[reject_day][event_day.isoformat()] += 1
                         rejects.append((day_keys[reject_day], str(reasons[event_day]),
-                                        orjson.dumps(item)))
+                                        jsonio.dumps(item, any_depth=True)))
                         continue
                     result.extra_days.add(event_day)
-                line = orjson.dumps(item)
+                try:
+                    line = jsonio.dumps(item)
+                except jsonio.NestingTooDeep as error:  # orjson cannot write it: set aside
+                    rejects.append((day_keys[event_day], str(error),
+                                    jsonio.dumps(item, any_depth=True)))
+                    continue
                 if table is not None:  # rendered now, while parsed
                     line = _with_cells(line, item, table)
                 rows.append((event_id, day_keys[event_day], at, _event_type(item), line))
@@ -618,7 +625,7 @@ def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zo
                 digest.update(line)
                 if not line.strip():
                     continue
-                item = orjson.loads(line)
+                item = jsonio.loads(line)
                 placed = classify(item, zone)
                 if isinstance(placed, str):
                     continue
@@ -700,8 +707,9 @@ def _write_rejects(spool: _Spool, storage: Storage, day: date, key: str, day_fil
     try:
         with storage.open_read(file_key) as previous:  # rejects of earlier scans stay on record
             existed = True
-            rows = [(key, str(record.get("reason", "")), orjson.dumps(record.get("event")))
-                    for record in map(orjson.loads, filter(bytes.strip, previous))]
+            rows = [(key, str(record.get("reason", "")),
+                     jsonio.dumps(record.get("event"), any_depth=True))
+                    for record in map(jsonio.loads, filter(bytes.strip, previous))]
         spool.add_rejects(rows)
     except FileNotFoundError:
         pass

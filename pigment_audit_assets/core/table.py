@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import orjson
 
+from . import jsonio
 from .flatten import flatten_event
 from .shapes import (
     CELL_SEPARATOR,
@@ -84,7 +85,7 @@ def iter_events(raw: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
     """The events of one raw JSONL stream, in order; ``name`` says which file in errors."""
     for line in raw:
         if not line.isspace():  # stops at the first byte, unlike strip()'s copy
-            event = orjson.loads(line)
+            event = jsonio.loads(line)  # integers beyond 64 bits kept exact
             if type(event) is not dict:
                 raise ValueError(f"{name} holds a line that is not a JSON object; "
                                  "raw files hold one event object per line.")

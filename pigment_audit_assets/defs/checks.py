@@ -131,6 +131,7 @@ def _raw_lines(storage: Storage, day: date) -> Iterator[bytes]:
 
 def _csv_records(storage: Storage, day: date) -> Iterator[list[str]]:
     """The CSV's records, streamed."""
+    csv.field_size_limit(2**31 - 1)  # cells past csv's default 131,072 characters
     with storage.open_read(storage.csv_key(day)) as binary, \
             io.TextIOWrapper(binary, encoding="utf-8", newline="") as handle:
         yield from csv.reader(handle)
