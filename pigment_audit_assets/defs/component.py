@@ -30,6 +30,7 @@ and the file. Keys come from the environment only, through ``dagster.EnvVar``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from typing import Any
 
 import dagster as dg
 from dagster.components.core.component_tree import ComponentTree
+from dagster.components.scaffold.scaffold import Scaffolder, ScaffoldRequest, scaffold_with
 from pydantic import BaseModel, Field, PrivateAttr
 
 from ..core.chunks import chunk_size_bytes
@@ -93,6 +95,80 @@ class WorkspacePigmentResource(PigmentResource):
         super().check_settings(fetch=fetch, push=push)
 
 
+class ScaffoldParams(BaseModel):
+    """Options of ``dg scaffold defs PigmentAuditComponent <name>`` (all optional)."""
+
+    import_configuration_id: str | None = Field(
+        default=None, description="The Pigment import configuration to push into.")
+    base_url: str | None = Field(default=None, description="Pigment's API host.")
+    storage_url: str | None = Field(default=None, description="Folder of the files.")
+    timezone: str | None = Field(default=None, description="IANA zone of the partitions.")
+    first_partition: str | None = Field(default=None, description="First day, YYYY-MM-DD.")
+
+
+_TEMPLATE = """\
+# A Pigment workspace whose audit log this deployment keeps (README: "Several workspaces").
+# Check it with `dg check defs`; see its assets with `dg list defs`.
+type: {type_name}
+
+attributes:
+  # Asset key prefix and group: {name}/raw_audit_events, {name}/audit_events_csv, ...
+  name: {name}
+  # The NAMES of the environment variables that hold the keys; the keys never go in YAML.
+  audit_key_env: {upper}_PIGMENT_AUDIT_API_KEY
+  import_key_env: {upper}_PIGMENT_IMPORT_API_KEY
+  # The Pigment import configuration the CSV is pushed into (the import fails without it).
+  {configuration}
+  # One folder per workspace (a path or file:// URL).
+  storage_url: {storage_url}
+  # Zone of the daily partitions and of the schedule.
+  timezone: {timezone}
+  # First day; without it, the oldest day Pigment's 180-day lookback still reaches.
+  {first_partition}
+  # The daily run: at this hour, for yesterday and the days before it (late events).
+  schedule_hour: {hour}
+  lookback_days: {lookback}
+  # Largest push to Pigment, in MiB.
+  chunk_size_mb: 480
+  base_url: {base_url}
+"""
+
+
+class PigmentAuditScaffolder(Scaffolder[ScaffoldParams]):
+    """Writes a commented ``defs.yaml`` for a workspace named after its folder."""
+
+    @classmethod
+    def get_scaffold_params(cls) -> type[ScaffoldParams]:
+        """The options ``dg scaffold defs`` accepts."""
+        return ScaffoldParams
+
+    def scaffold(self, request: ScaffoldRequest[ScaffoldParams]) -> None:
+        """Write ``<folder>/defs.yaml``: the workspace's name is the folder's."""
+        name = re.sub(r"\W", "_", request.target_path.name)
+        if not _NAME.match(name):
+            name = f"workspace_{name}"
+        params = request.params or ScaffoldParams()
+        configuration = (f"import_configuration_id: {_quote(params.import_configuration_id)}"
+                         if params.import_configuration_id
+                         else "# import_configuration_id: 00000000-0000-0000-0000-000000000000")
+        first = (f"first_partition: {_quote(params.first_partition)}" if params.first_partition
+                 else '# first_partition: "2026-01-01"')
+        request.target_path.mkdir(parents=True, exist_ok=True)
+        (request.target_path / "defs.yaml").write_text(_TEMPLATE.format(
+            type_name=request.type_name, name=name, upper=name.upper(),
+            configuration=configuration, first_partition=first,
+            storage_url=_quote(params.storage_url or f"{DEFAULT_STORAGE_FOLDER}/{name}"),
+            timezone=_quote(params.timezone or "UTC"),
+            base_url=_quote(params.base_url or "https://pigment.app"),
+            hour=DEFAULT_HOUR, lookback=DEFAULT_LOOKBACK_DAYS))
+
+
+def _quote(value: str) -> str:
+    """A YAML double-quoted scalar (JSON's string syntax is valid YAML)."""
+    return json.dumps(value)
+
+
+@scaffold_with(PigmentAuditScaffolder)
 class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
     """One Pigment workspace: raw audit events, CSV and Pigment import, each day.
 
