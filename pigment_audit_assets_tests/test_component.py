@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -391,3 +392,31 @@ def test_no_yaml_falls_back_to_the_environment_workspace(tmp_path: Path,
     defs = load(project, other, monkeypatch)
     assert {key.to_user_string() for key in defs.resolve_all_asset_keys()} == {
         f"acme/{asset}" for asset in ASSET_NAMES}
+
+
+@pytest.mark.slow
+def test_the_demo_shows_two_workspaces(tmp_path: Path) -> None:
+    """``scripts/demo.py --workspaces 2``: two stand-ins, the YAML of two workspaces, the UI."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = clean_env(PIGMENT_AUDIT_VENV=sys.prefix)
+    environment = {key: value for key, value in environment.items()
+                   if not key.startswith("DAGSTER_")}
+    done = subprocess.run([sys.executable, "scripts/demo.py", "--smoke", "--workspaces", "2",
+                           "--port", str(port)], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=300)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-3000:]
+    assert console.count("Pigment stand-in ready at http://127.0.0.1:") == 2
+    assert f"Dagster UI: http://127.0.0.1:{port}" in done.stdout
+    for noise in ("BetaWarning", "PreviewWarning", "DeprecationWarning"):
+        assert noise not in console, noise
+    project = ROOT / ".demo" / "workspaces"
+    for name in ("acme", "globex"):
+        text = (project / "pigment_audit_demo" / "defs" / name / "defs.yaml").read_text()
+        assert f"{name.upper()}_PIGMENT_AUDIT_API_KEY" in text and "demo-" not in text
+    listed = run_dg(["list", "defs", "--json"], project, tmp_path / "home")
+    assert listed.returncode == 0, listed.stderr
+    assert {asset["asset_key"] for asset in json.loads(listed.stdout)["assets"]} == {
+        f"{name}/{asset}" for name in ("acme", "globex") for asset in ASSET_NAMES}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -53,6 +54,17 @@ from .assets import build_assets
 from .partitions import daily_partitions
 from .resources import PigmentResource
 from .schedules import DEFAULT_HOUR, DEFAULT_LOOKBACK_DAYS, build_daily_schedule
+
+# Dagster's own notices from loading a defs folder (its loader calls preview and beta APIs of
+# its own); repeated at every load and in each run's logs, and not the user's to act on. The
+# exact Dagster pin keeps their behaviour fixed (as for the notices in assets.py).
+for _notice, _category in (
+        ("Function `load_definitions_from_module", dg.PreviewWarning),
+        ("Class `LocalFileCodeReference`", dg.BetaWarning),
+        ("Class `CodeReferencesMetadataValue`", dg.BetaWarning)):
+    warnings.filterwarnings("ignore", message=_notice, category=_category)
+warnings.filterwarnings("ignore", message="`parse_obj_as` is deprecated",
+                        module="dagster._utils.pydantic_yaml")
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
