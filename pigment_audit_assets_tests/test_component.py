@@ -420,3 +420,30 @@ def test_the_demo_shows_two_workspaces(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     assert {asset["asset_key"] for asset in json.loads(listed.stdout)["assets"]} == {
         f"{name}/{asset}" for name in ("acme", "globex") for asset in ASSET_NAMES}
+
+
+def test_dg_launch_materializes_one_workspace_a_day_and_a_range(
+        stand_ins: dict[str, RecordingStandIn], tmp_path: Path) -> None:
+    """The README's ``dg launch --assets ... --partition`` (and ``--partition-range``)."""
+    module = unique_module()
+    project = write_project(tmp_path / "project", module, {
+        name: attributes(name, stand_ins[name], tmp_path) for name in WORKSPACES})
+    days = days_before(DAY, 3)
+    for day in days:
+        stand_ins["acme"].add_events(synthetic_events(day, 25, seed=day.toordinal()))
+    keys = {"ACME_AUDIT_KEY": WORKSPACES["acme"]["audit_key"],
+            "ACME_IMPORT_KEY": WORKSPACES["acme"]["import_key"]}
+    launched = run_dg(["launch", "--assets", "group:acme", "--partition", DAY.isoformat()],
+                      project, tmp_path / "home", **keys)
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert sorted(raw_ids(tmp_path / "data" / "acme", DAY)) == sorted(
+        event["id"] for event in stand_ins["acme"].visible_events(event_day=DAY))
+    ranged = run_dg(["launch", "--assets", "group:acme", "--partition-range",
+                     f"{days[0].isoformat()}...{days[-1].isoformat()}"],
+                    project, tmp_path / "home", **keys)
+    assert ranged.returncode == 0, ranged.stdout[-3000:] + ranged.stderr[-3000:]
+    assert sorted(row["id"] for row in stand_ins["acme"].pushed_rows()) == sorted(
+        event["id"] for day in days for event in stand_ins["acme"].visible_events(event_day=day))
+    assert sum(stand_ins["globex"].request_counts.values()) == 0
+    assert not any(secret in launched.stdout + launched.stderr + ranged.stdout + ranged.stderr
+                   for secret in SECRETS)
