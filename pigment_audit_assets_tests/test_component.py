@@ -447,3 +447,17 @@ def test_dg_launch_materializes_one_workspace_a_day_and_a_range(
     assert sum(stand_ins["globex"].request_counts.values()) == 0
     assert not any(secret in launched.stdout + launched.stderr + ranged.stdout + ranged.stderr
                    for secret in SECRETS)
+
+
+def test_the_readme_documents_every_field_and_the_dg_commands() -> None:
+    from pigment_audit_assets.defs.component import PigmentAuditComponent
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Several workspaces"):]
+    section = section[:section.index("\n## ", 1)]
+    for field in PigmentAuditComponent.model_fields:
+        assert f"| `{field}` |" in section, field
+    for text in ("dg check defs", "dg list defs", "dg dev", "dg launch --assets",
+                 "--partition ", "dagster asset materialize", "`pigment_api`",
+                 "dg scaffold defs PigmentAuditComponent", "--workspaces 2"):
+        assert text in section, text
