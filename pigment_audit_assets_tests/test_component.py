@@ -180,6 +180,11 @@ def test_two_workspaces_each_day_exact_keys_and_imports_their_own(
     truth = {name: sorted(event["id"] for event in stand_ins[name].visible_events(event_day=DAY))
              for name in WORKSPACES}
     assert not set(truth["acme"]) & set(truth["globex"])  # different events
+    # Every workspace's steps that call Pigment share the one pool: the limit is per IP.
+    assert {(key.path[0], two_workspaces.resolve_assets_def(key).op.pool)
+            for name in WORKSPACES for key in (dg.AssetKey([name, "raw_audit_events"]),
+                                               dg.AssetKey([name, "audit_events_import"]))} == {
+        (name, "pigment_api") for name in WORKSPACES}
     with dg.instance_for_test() as instance:
         results = {name: run_job(two_workspaces, name, instance, day=DAY.isoformat())
                    for name in WORKSPACES}
