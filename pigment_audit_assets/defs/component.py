@@ -35,7 +35,7 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -295,8 +295,6 @@ class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
             if first >= today:
                 raise self._fail("first_partition", f"{first} is not in the past: the first "
                                  f"partition must be a complete day before today ({today}).")
-            if first < today - timedelta(days=3650):
-                raise self._fail("first_partition", f"{first} is more than ten years ago.")
         return daily_partitions(self.first_partition and str(self.first_partition),
                                 self.timezone)
 
