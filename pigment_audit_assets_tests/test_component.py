@@ -318,13 +318,17 @@ def _bad_yaml(case: str, tmp_path: Path) -> tuple[dict[str, Any], str, str]:
                 "storage_url", "zeta")
     if case == "bad zone":
         return {"acme": {**acme, "timezone": "Mars/Olympus"}}, "timezone", "acme"
+    if case == "first day not in the past":
+        return ({"acme": {**acme, "first_partition": TODAY.isoformat()}}, "first_partition",
+                "acme")
     if case == "key instead of a variable name":
         return ({"acme": {**acme, "audit_key_env": "sk-live 1234"}}, "audit_key_env", "acme")
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["unknown field", "missing name", "same name", "same storage",
-                                  "bad zone", "key instead of a variable name"])
+                                  "bad zone", "first day not in the past",
+                                  "key instead of a variable name"])
 def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -> None:
     workspaces, field, folder = _bad_yaml(case, tmp_path)
     module = unique_module()
