@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -470,3 +470,19 @@ def test_the_readme_documents_every_field_and_the_dg_commands() -> None:
                  "--partition ", "dagster asset materialize", "`pigment_api`",
                  "dg scaffold defs PigmentAuditComponent", "--workspaces 2"):
         assert text in section, text
+
+
+def test_each_workspace_has_its_own_schedule_on_its_own_job(
+        two_workspaces: dg.Definitions) -> None:
+    run_at = datetime.combine(TODAY, time(5), tzinfo=timezone.utc)
+    for name in WORKSPACES:
+        schedule = two_workspaces.resolve_schedule_def(f"{name}_pigment_audit_daily")
+        assert schedule.job_name == f"{name}_pigment_audit_job"
+        assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 5 * * *", "UTC")
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+        request = schedule(dg.build_schedule_context(scheduled_execution_time=run_at))
+        assert isinstance(request, dg.RunRequest)
+        # lookback_days: 2 in the YAML: yesterday and the two days before it.
+        assert (request.tags[ASSET_PARTITION_RANGE_START_TAG],
+                request.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
+            (TODAY - timedelta(days=3)).isoformat(), (TODAY - timedelta(days=1)).isoformat())
