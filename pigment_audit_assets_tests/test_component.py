@@ -28,7 +28,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets_tests.conftest import DAY, STAND_IN_NOW, TODAY, days_before
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
@@ -141,7 +141,7 @@ def run_job(defs: dg.Definitions, name: str, instance: dg.DagsterInstance, *,
 
 def raw_ids(root: Path, day: Any) -> list[str]:
     return [orjson.loads(line)["id"]
-            for line in Storage(root).raw_path(day).read_bytes().splitlines()]
+            for line in LocalStorage(root).raw_path(day).read_bytes().splitlines()]
 
 
 def folder_state(root: Path) -> dict[str, tuple[int, int]]:
@@ -203,7 +203,7 @@ def test_two_workspaces_each_day_exact_keys_and_imports_their_own(
         # Its imports went to its own configuration, and its record says so.
         assert {record.configuration_id for record in server.imports} == {
             settings["configuration_id"]}
-        record = orjson.loads(Storage(root).import_record_path(DAY).read_bytes())
+        record = orjson.loads(LocalStorage(root).import_record_path(DAY).read_bytes())
         assert {entry["configurationId"] for entry in record["imports"]} == {
             settings["configuration_id"]}
         # Materializations and checks are under the workspace's prefix, one per day each.

@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets_tests.conftest import TODAY, days_before, resource_settings
 from pigment_audit_assets_tests.schedule_support import (
@@ -56,7 +56,7 @@ def test_next_run_completes_the_earlier_day_and_pushes_only_new_events(
         tmp_path: Path) -> None:
     resource = PigmentResource(**resource_settings(stand_in, tmp_path))
     defs = definitions(TODAY - timedelta(days=60), resource=resource)
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     with dg.DagsterInstance.ephemeral() as instance:
         # The morning after DAY: DAY and the three days before it, in one run.
         first_request = one_request(defs, FIRST_TICK)

@@ -15,7 +15,7 @@ from dagster._core.storage.tags import (
 
 from pigment_audit_assets.core.days import AUDIT_LOOKBACK, day_start, parse_zone
 from pigment_audit_assets.core.errors import ConfigError
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.definitions import build_definitions
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets.defs.schedules import (
@@ -194,6 +194,6 @@ def test_the_scheduled_request_runs_as_one_ranged_run(stand_in: PigmentStandIn,
         truth += truth_ids(stand_in, day)
     assert sorted(row["id"] for row in stand_in.pushed_rows()) == sorted(truth)
     # The day before the range and the tick's own day were scanned past, not written.
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     assert not storage.raw_path(days[0] - timedelta(days=1)).exists()
     assert not storage.raw_path(days[-1] + timedelta(days=1)).exists()

@@ -9,12 +9,14 @@ size fails before anything was sent.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import shutil
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import ConfigError
 
@@ -68,7 +70,7 @@ def chunk_size_bytes(chunk_size_mb: float, setting: str) -> int:
 
 
 def write_chunks(
-    csv_path: Path,
+    source: BinaryIO | Path,
     max_bytes: int,
     work_dir: Path,
     *,
@@ -76,7 +78,7 @@ def write_chunks(
     skip_ids: Collection[str] = frozenset(),
     id_column: str = "id",
 ) -> list[Chunk]:
-    """Write the records of ``csv_path`` whose id is not in ``skip_ids`` into chunk files.
+    """Write the records of ``source`` (a CSV file or binary stream) not in ``skip_ids``.
 
     Each chunk is at most ``max_bytes`` bytes, header included. Raises :class:`ConfigError`
     naming ``setting`` when one record cannot fit in a chunk.
@@ -85,11 +87,12 @@ def write_chunks(
         shutil.rmtree(work_dir)  # chunks of an interrupted run are rebuilt, never trusted
     work_dir.mkdir(parents=True)
     chunks: list[Chunk] = []
-    if csv_path.stat().st_size == 0:
-        return chunks
     encoder = _RowEncoder()
-    with open(csv_path, newline="", encoding="utf-8") as source:
-        reader = csv.reader(source)
+    with contextlib.ExitStack() as stack:
+        binary = source if not isinstance(source, Path) else stack.enter_context(
+            open(source, "rb"))
+        text = stack.enter_context(io.TextIOWrapper(binary, encoding="utf-8", newline=""))
+        reader = csv.reader(text)
         header = next(reader, None)
         if header is None:
             return chunks

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sqlite3
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ from .days import (
     epoch_microseconds,
     parse_timestamp,
 )
-from .storage import Storage, atomic_write
+from .storage import Storage, scratch_dir
 from .table import CsvTable
 
 PROGRESS_EVERY_PAGES = 10
@@ -69,7 +67,7 @@ class DayFile:
     """What one day's raw file holds after a scan."""
 
     day: date
-    path: Path
+    path: str  # the raw file's URI (a local path or s3://...)
     events: int = 0
     bytes: int = 0
     added: int = 0
@@ -79,7 +77,7 @@ class DayFile:
     first_event_at: str | None = None
     last_event_at: str | None = None
     rejected: int = 0
-    rejected_path: Path | None = None
+    rejected_path: str | None = None  # the rejects file's URI, when the day has one
 
 
 @dataclass
@@ -435,10 +433,15 @@ def fetch_days(
     if not wanted:
         raise ValueError("no days to fetch")
     check_lookback(wanted[0], zone, now)  # before any request: old files stay untouched
+    with scratch_dir("scan") as work:
+        return _scan(client, wanted, zone, storage, work, log=log, on_page=on_page, table=table)
+
+
+def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: Storage,
+          work: Path, *, log: Log, on_page: Any, table: CsvTable | None) -> ScanResult:
     wanted_set = set(wanted)
     place = _Classifier(zone)
     day_keys = {day: day.isoformat() for day in wanted}
-    work = storage.work_dir(f"scan-{uuid.uuid4().hex[:12]}")
     spool = _Spool(work, MEMORY_BUDGET)
     result = ScanResult(days={})
     requests_before = client.request_counts["audit"]
@@ -483,7 +486,6 @@ def fetch_days(
             result.days[day] = _write_day(spool, storage, day, zone, log, table)
     finally:
         spool.close()
-        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
@@ -493,34 +495,57 @@ def _with_cells(line: bytes, item: dict[str, Any], table: CsvTable) -> bytes:
     return b"%b\n%d %b" % (line, *table.render(item))
 
 
-def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo,
-                    table: CsvTable | None) -> None:
-    if not path.exists():
-        return
-    with open(path, "rb") as previous:
-        for line in previous:
-            if not line.strip():
-                continue
-            item = orjson.loads(line)
-            placed = classify(item, zone)
-            if isinstance(placed, str):
-                continue
-            event_id, _, at = placed
-            payload = line.rstrip(b"\r\n")
-            if table is not None:
-                payload = _with_cells(payload, item, table)
-            spool.add_previous((event_id, key, at, _event_type(item), payload))
+def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zone: ZoneInfo,
+                    table: CsvTable | None) -> str | None:
+    """Add the events of the day's stored file to the spool; the file's digest, or None."""
+    digest = hashlib.sha256()
+    try:
+        with storage.open_read(file_key) as previous:
+            for line in previous:
+                digest.update(line)
+                if not line.strip():
+                    continue
+                item = orjson.loads(line)
+                placed = classify(item, zone)
+                if isinstance(placed, str):
+                    continue
+                event_id, _, at = placed
+                payload = line.rstrip(b"\r\n")
+                if table is not None:
+                    payload = _with_cells(payload, item, table)
+                spool.add_previous((event_id, key, at, _event_type(item), payload))
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
+
+
+class _DigestingWriter:
+    """Passes bytes on to a writer, keeping their SHA-256 and count: no read-back needed."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.bytes += len(data)
+        return self.handle.write(data)
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            self.write(line)
 
 
 def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
                table: CsvTable | None) -> DayFile:
     key = day.isoformat()
-    path = storage.raw_path(day)
-    previous_digest = _digest(path)
-    _merge_previous(spool, path, key, zone, table)
-    day_file = DayFile(day=day, path=path)
-    with atomic_write(path, "wb") as handle:
-        spool.write_day(key, handle, table)
+    file_key = storage.raw_key(day)
+    previous_digest = _merge_previous(spool, storage, file_key, key, zone, table)
+    day_file = DayFile(day=day, path=storage.uri(file_key))
+    with storage.writer(file_key) as handle:
+        written = _DigestingWriter(handle)
+        spool.write_day(key, written, table)  # type: ignore[arg-type]
     first_at = last_at = None
     for event_type, count, added, kept, low, high in spool.day_types(key):
         day_file.event_types[event_type or "(none)"] += count
@@ -531,9 +556,8 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
         last_at = high if last_at is None else max(last_at, high)
     if first_at is not None:
         day_file.first_event_at, day_file.last_event_at = _iso(first_at), _iso(last_at)
-    day_file.bytes = path.stat().st_size
-    # A new file has changed: no need to read it back.
-    day_file.changed = previous_digest is None or previous_digest != _digest(path)
+    day_file.bytes = written.bytes
+    day_file.changed = previous_digest != written.digest.hexdigest()
     if previous_digest is None:
         day_file.added = day_file.events
     if day_file.changed and previous_digest is not None:
@@ -548,33 +572,28 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
 
 def _write_rejects(spool: _Spool, storage: Storage, day: date, key: str, day_file: DayFile,
                    log: Log) -> None:
-    path = storage.rejected_path(day)
-    if path.exists():  # rejects seen by earlier scans stay on record
-        with open(path, "rb") as previous:
+    file_key = storage.rejected_key(day)
+    existed = False
+    try:
+        with storage.open_read(file_key) as previous:  # rejects of earlier scans stay on record
+            existed = True
             rows = [(key, str(record.get("reason", "")), orjson.dumps(record.get("event")))
                     for record in map(orjson.loads, filter(bytes.strip, previous))]
         spool.add_rejects(rows)
+    except FileNotFoundError:
+        pass
     rejects = spool.day_rejects(key)
-    if not rejects and not path.exists():
+    if not rejects and not existed:
         return
-    with atomic_write(path, "wb") as handle:
+    with storage.writer(file_key) as handle:
         for reason, line in rejects:
             handle.write(orjson.dumps({"reason": reason, "event": orjson.Fragment(line)}))
             handle.write(b"\n")
     day_file.rejected = len(rejects)
-    day_file.rejected_path = path
+    day_file.rejected_path = storage.uri(file_key)
     if rejects:
-        log.warning(f"{day}: {len(rejects)} rejected event(s) on record in {path.name}.")
-
-
-def _digest(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        log.warning(f"{day}: {len(rejects)} rejected event(s) on record in "
+                    f"{day_file.rejected_path}.")
 
 
 def _iso(at: int) -> str:

@@ -104,16 +104,18 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         pigment = resource(context)
         days = partition_days(context)
         rows = 0
+        storage = pigment.storage()
         for day in days:
             summary = pigment.write_day_csv(day)
             rows += summary.rows
             if summary.collisions:
                 context.log.warning(f"{day}: {summary.collisions} value(s) overwritten by keys "
                                     f"that flatten to one column: {dict(summary.collided_columns)}")
-            context.add_asset_metadata(csv_day_metadata(summary), partition_key=day.isoformat())
+            preview = storage.open_read(storage.csv_key(day))
+            context.add_asset_metadata(csv_day_metadata(summary, preview),
+                                       partition_key=day.isoformat())
         context.log.info(f"This run wrote {rows:,} CSV row(s) over {len(days)} day(s).")
         yield dg.MaterializeResult()
-        storage = pigment.storage()
         yield from checks.day_evaluations(context, checks.CSV_ROWS, {
             day: checks.check_csv_rows(storage, day) for day in days})
 
@@ -130,7 +132,8 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         outcomes, failures = [], []
         for day in partition_days(context):
             try:
-                outcome = pigment.push_day(day, context.log, force=force)
+                outcome = pigment.push_day(day, context.log, force=force,
+                                           owner=f"Dagster run {context.run.run_id}")
             except PigmentAuditError as error:
                 failures.append(str(error))  # go on: other days still get pushed and recorded
                 continue

@@ -49,7 +49,7 @@ from ..core.chunks import chunk_size_bytes
 from ..core.client import check_base_url
 from ..core.days import parse_day, parse_zone
 from ..core.errors import ConfigError
-from ..core.storage import Storage
+from ..core.storage import LocalStorage, storage_from_url
 from .assets import build_assets
 from .partitions import daily_partitions
 from .resources import PigmentResource
@@ -244,10 +244,13 @@ class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
         """The workspace's daily schedule."""
         return f"{self.name}_pigment_audit_daily"
 
-    def storage_root(self) -> Any:
-        """The resolved storage root (what two workspaces may not share)."""
-        storage = Storage.from_url(self.resolved_storage_url())
-        return getattr(storage, "root", self.resolved_storage_url())
+    def storage_root(self) -> Path | str:
+        """Where the files go, resolved (what two workspaces may not share): a folder's path,
+        or an object store's ``scheme://bucket/prefix``."""
+        storage = storage_from_url(self.resolved_storage_url())
+        if isinstance(storage, LocalStorage):
+            return storage.root
+        return storage.uri("").rstrip("/")
 
     def resolved_storage_url(self) -> str:
         """``storage_url``, or ``pigment_audit_data/<name>``."""
@@ -368,7 +371,9 @@ def check_distinct(workspaces: Sequence[PigmentAuditComponent]) -> None:
 def _overlap(first: Any, second: Any) -> bool:
     if isinstance(first, Path) and isinstance(second, Path):
         return first == second or first in second.parents or second in first.parents
-    return str(first).rstrip("/") == str(second).rstrip("/")
+    first_text, second_text = str(first).rstrip("/"), str(second).rstrip("/")
+    return (first_text == second_text or first_text.startswith(second_text + "/")
+            or second_text.startswith(first_text + "/"))
 
 
 def load_workspaces(defs_module: ModuleType, project_root: Path) -> dg.Definitions | None:

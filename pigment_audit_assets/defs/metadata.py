@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO
 
 import dagster as dg
 import pandas as pd
@@ -46,8 +47,11 @@ def scan_summary(scan: ScanResult) -> str:
             f"{', '.join(changed) or 'none'}.")
 
 
-def csv_day_metadata(summary: CsvSummary) -> dict[str, Any]:
-    """One day's CSV, with a preview of its first rows (pandas reads what we wrote)."""
+def csv_day_metadata(summary: CsvSummary,
+                     preview_source: AbstractContextManager[BinaryIO] | None = None
+                     ) -> dict[str, Any]:
+    """One day's CSV, with a preview of its first rows (pandas reads what we wrote, from
+    ``preview_source``: the stored CSV, opened for reading)."""
     metadata: dict[str, Any] = {
         "dagster/row_count": summary.rows,
         "path": dg.MetadataValue.path(str(summary.path)),
@@ -58,9 +62,10 @@ def csv_day_metadata(summary: CsvSummary) -> dict[str, Any]:
         "collided_columns": dg.MetadataValue.json(dict(summary.collided_columns)),
         "empty_day": summary.rows == 0,
     }
-    if summary.rows:
-        preview = pd.read_csv(summary.path, nrows=PREVIEW_ROWS, dtype=str,
-                              keep_default_na=False, usecols=summary.columns[:8])
+    if summary.rows and preview_source is not None:
+        with preview_source as handle:
+            preview = pd.read_csv(handle, nrows=PREVIEW_ROWS, dtype=str,
+                                  keep_default_na=False, usecols=summary.columns[:8])
         metadata["preview"] = dg.MetadataValue.md(_markdown_table(preview))
     return metadata
 
