@@ -12,7 +12,7 @@ Descriptions are rendered as Markdown by the UI: paths with placeholders go in c
 """
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import date
 from typing import Any
 
@@ -48,9 +48,9 @@ class ImportConfig(dg.Config):
     """Push every event of the day again, even those already in Pigment."""
 
 
-def _run_includes(context: dg.AssetExecutionContext, asset_name: str) -> bool:
-    """Whether this run materializes ``asset_name`` too (the job is subset to the selection)."""
-    return dg.AssetKey(asset_name) in context.job_def.asset_layer.selected_asset_keys
+def _run_includes(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> bool:
+    """Whether this run materializes ``asset_key`` too (the job is subset to the selection)."""
+    return asset_key in context.job_def.asset_layer.selected_asset_keys
 
 
 def _report(context: dg.AssetExecutionContext, day: date, own: list[date],
@@ -64,23 +64,39 @@ def _report(context: dg.AssetExecutionContext, day: date, own: list[date],
                                                   partition=day.isoformat(), metadata=metadata))
 
 
-def build_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The three assets over ``partitions_def``."""
-    common = {"partitions_def": partitions_def, "group_name": GROUP,
-              "backfill_policy": dg.BackfillPolicy.single_run()}
+def build_assets(partitions_def: dg.PartitionsDefinition, *,
+                 key_prefix: Sequence[str] = (), group: str = GROUP,
+                 resource_key: str = "pigment") -> list[dg.AssetsDefinition]:
+    """The three assets over ``partitions_def``.
+
+    ``key_prefix`` goes before each asset's key (``acme/raw_audit_events``), ``group`` is their
+    group, ``resource_key`` the key of the :class:`PigmentResource` they use. The defaults are
+    the project's single workspace: ``raw_audit_events`` in group ``pigment_audit``, resource
+    ``pigment``.
+    """
+    prefix = list(key_prefix)
+    common = {"partitions_def": partitions_def, "group_name": group,
+              "backfill_policy": dg.BackfillPolicy.single_run(),
+              "required_resource_keys": {resource_key}}
+    if prefix:
+        common["key_prefix"] = prefix
+    import_key = dg.AssetKey([*prefix, "audit_events_import"])
+
+    def resource(context: dg.AssetExecutionContext) -> PigmentResource:
+        return getattr(context.resources, resource_key)
 
     @dg.asset(
         **common, pool=POOL, kinds={"pigment", "json"},
-        check_specs=checks.raw_check_specs(partitions_def),
+        check_specs=checks.raw_check_specs(partitions_def, prefix),
         description="Every audit event that happened on the day (in the partitions' zone), "
                     "once, exactly as Pigment's Audit API returned it: `raw/YYYY-MM-DD.jsonl`. "
                     "Events that cannot be placed go to `rejected/YYYY-MM-DD.rejected.jsonl`.",
     )
-    def raw_audit_events(context: dg.AssetExecutionContext,
-                         pigment: PigmentResource) -> Iterator[Any]:
+    def raw_audit_events(context: dg.AssetExecutionContext) -> Iterator[Any]:
+        pigment = resource(context)
         days = partition_days(context)
         # Settings of the import too, when this run goes on to it: a run fails at its start.
-        pigment.check_settings(fetch=True, push=_run_includes(context, "audit_events_import"))
+        pigment.check_settings(fetch=True, push=_run_includes(context, import_key))
         incremental = context.run.tags.get(SCAN_TAG) == INCREMENTAL
         full_from = context.run.tags.get(FULL_RESCAN_TAG)
         scan = pigment.fetch_days(
@@ -112,13 +128,13 @@ def build_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefin
 
     @dg.asset(
         **common, deps=[raw_audit_events], kinds={"csv"},
-        check_specs=checks.csv_check_specs(partitions_def),
+        check_specs=checks.csv_check_specs(partitions_def, prefix),
         description="The day's events flattened like the community script (nested keys joined "
                     "with `_`, list items by index), columns by density: "
                     "`csv/YYYY-MM-DD.csv`.",
     )
-    def audit_events_csv(context: dg.AssetExecutionContext,
-                         pigment: PigmentResource) -> Iterator[Any]:
+    def audit_events_csv(context: dg.AssetExecutionContext) -> Iterator[Any]:
+        pigment = resource(context)
         own = partition_days(context)
         days = sorted(set(own) | set(days_materialized_in_run(context, raw_audit_events.key)))
         rows = 0
@@ -138,12 +154,13 @@ def build_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefin
 
     @dg.asset(
         **common, deps=[audit_events_csv], pool=POOL, kinds={"pigment"},
-        check_specs=checks.import_check_specs(partitions_def),
+        check_specs=checks.import_check_specs(partitions_def, prefix),
         description="The day's CSV pushed into the Pigment import configuration, each event "
                     "once; import ids and Pigment's reports in `imports/YYYY-MM-DD.json`.",
     )
-    def audit_events_import(context: dg.AssetExecutionContext, config: ImportConfig,
-                            pigment: PigmentResource) -> Iterator[Any]:
+    def audit_events_import(context: dg.AssetExecutionContext,
+                            config: ImportConfig) -> Iterator[Any]:
+        pigment = resource(context)
         force = config.force_full_repush or context.run.tags.get(FORCE_REPUSH_TAG) == "true"
         outcomes, failures = [], []
         own = partition_days(context)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -54,26 +54,30 @@ _DESCRIPTIONS = {
 }
 
 
-def _specs(names: Iterable[str],
-           partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=_DESCRIPTIONS[name][0], blocking=_DESCRIPTIONS[name][1],
+def _specs(names: Iterable[str], partitions_def: dg.PartitionsDefinition | None,
+           key_prefix: Sequence[str] = ()) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(name, asset=dg.AssetKey([*key_prefix, _DESCRIPTIONS[name][0]]),
+                              blocking=_DESCRIPTIONS[name][1],
                               description=_DESCRIPTIONS[name][2], partitions_def=partitions_def)
             for name in names]
 
 
-def raw_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+def raw_check_specs(partitions_def: dg.PartitionsDefinition | None,
+                    key_prefix: Sequence[str] = ()) -> list[dg.AssetCheckSpec]:
     """The raw asset's checks, per partition of ``partitions_def``."""
-    return _specs((RAW_IDS_AND_DAYS, RAW_REJECTED), partitions_def)
+    return _specs((RAW_IDS_AND_DAYS, RAW_REJECTED), partitions_def, key_prefix)
 
 
-def csv_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+def csv_check_specs(partitions_def: dg.PartitionsDefinition | None,
+                    key_prefix: Sequence[str] = ()) -> list[dg.AssetCheckSpec]:
     """The CSV asset's check, per partition of ``partitions_def``."""
-    return _specs((CSV_ROWS,), partitions_def)
+    return _specs((CSV_ROWS,), partitions_def, key_prefix)
 
 
-def import_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+def import_check_specs(partitions_def: dg.PartitionsDefinition | None,
+                    key_prefix: Sequence[str] = ()) -> list[dg.AssetCheckSpec]:
     """The import asset's check, per partition of ``partitions_def``."""
-    return _specs((IMPORT_REPORTS,), partitions_def)
+    return _specs((IMPORT_REPORTS,), partitions_def, key_prefix)
 
 
 # The specs without partitions: what the checks are, for whoever reads them without assets.

@@ -74,13 +74,14 @@ def schedule_settings(hour: str | None, lookback: str | None) -> tuple[int, int]
 def build_daily_schedule(job: dg.UnresolvedAssetJobDefinition,
                          partitions_def: dg.TimeWindowPartitionsDefinition, *,
                          hour: int = DEFAULT_HOUR,
-                         lookback_days: int = DEFAULT_LOOKBACK_DAYS) -> dg.ScheduleDefinition:
-    """A schedule running ``job`` daily at ``hour`` in the partitions' zone."""
+                         lookback_days: int = DEFAULT_LOOKBACK_DAYS,
+                         name: str = "pigment_audit_daily") -> dg.ScheduleDefinition:
+    """A schedule ``name`` running ``job`` daily at ``hour`` in the partitions' zone."""
     zone_name = partitions_def.timezone
     first_partition = partitions_def.start.date()
 
     @dg.schedule(
-        name="pigment_audit_daily", job=job, cron_schedule=f"0 {hour} * * *",
+        name=name, job=job, cron_schedule=f"0 {hour} * * *",
         execution_timezone=zone_name, default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"At {hour:02d}:00 ({zone_name}): yesterday, and every older day that "
                     "gained late events, in one run that scans from the ingestion watermark"
