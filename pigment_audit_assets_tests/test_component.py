@@ -482,7 +482,7 @@ def test_each_workspace_has_its_own_schedule_on_its_own_job(
         assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
         request = schedule(dg.build_schedule_context(scheduled_execution_time=run_at))
         assert isinstance(request, dg.RunRequest)
-        # lookback_days: 2 in the YAML: yesterday and the two days before it.
+        # lookback_days: 2 in the YAML: yesterday and the day before, re-scanned in full.
         assert (request.tags[ASSET_PARTITION_RANGE_START_TAG],
                 request.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
-            (TODAY - timedelta(days=3)).isoformat(), (TODAY - timedelta(days=1)).isoformat())
+            (TODAY - timedelta(days=2)).isoformat(), (TODAY - timedelta(days=1)).isoformat())

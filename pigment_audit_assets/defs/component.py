@@ -13,7 +13,7 @@ project's defs folder, ``pigment_audit_assets/defs/<name>/defs.yaml``::
       timezone: Europe/Paris                       # default: UTC
       first_partition: "2026-06-01"                # default: the oldest day the 180 days reach
       schedule_hour: 4                             # default: 4 (in the timezone)
-      lookback_days: 3                             # default: 3
+      lookback_days: 0                             # default: 0 (the watermark brings late events)
       chunk_size_mb: 480                           # default: 480
       base_url: https://pigment.app                # default: https://pigment.app
 
@@ -208,8 +208,9 @@ class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
     schedule_hour: int = Field(default=DEFAULT_HOUR, description="Hour (0-23, in timezone) "
                                                                  "of the daily run.")
     lookback_days: int = Field(default=DEFAULT_LOOKBACK_DAYS,
-                               description="Days before yesterday each daily run covers again "
-                                           "for late events (0-30).")
+                               description="Complete days each daily run re-scans in full "
+                                           "(0-30); late events come with the watermark "
+                                           "anyway.")
     chunk_size_mb: float = Field(default=480.0, description="Largest push to Pigment, in MiB.")
     base_url: str = Field(default="https://pigment.app", description="Pigment's API host.")
 
