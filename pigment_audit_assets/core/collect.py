@@ -84,6 +84,12 @@ class DayFile:
     rejected: int = 0
     rejected_path: str | None = None  # the rejects file's URI, when the day has one
     set_aside: dict[str, int] = field(default_factory=dict)  # in its rejects: events by day
+    # What writing the file saw, for the raw check (defs/checks.py) to need no second read:
+    first_at: int | None = None  # epoch µs of its first and last events
+    last_at: int | None = None
+    lines_written: int | None = None  # None: the file was left as it was
+    # Events kept from the file's previous version that belong to another day: (id, day).
+    misplaced: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -616,8 +622,12 @@ def _with_cells(line: bytes, item: dict[str, Any], table: CsvTable) -> bytes:
 
 
 def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zone: ZoneInfo,
-                    table: CsvTable | None) -> str | None:
-    """Add the events of the day's stored file to the spool; the file's digest, or None."""
+                    table: CsvTable | None, misplaced: list[tuple[str, str]]) -> str | None:
+    """Add the events of the day's stored file to the spool; the file's digest, or None.
+
+    Its events of another day stay in the file (stored events are never dropped) and are
+    listed in ``misplaced`` as ``(id, their day)``, for the raw check.
+    """
     digest = hashlib.sha256()
     try:
         with storage.open_read(file_key) as previous:
@@ -629,7 +639,9 @@ def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zo
                 placed = classify(item, zone)
                 if isinstance(placed, str):
                     continue
-                event_id, _, at = placed
+                event_id, event_day, at = placed
+                if event_day.isoformat() != key:
+                    misplaced.append((event_id, event_day.isoformat()))
                 payload = line.rstrip(b"\r\n")
                 if table is not None:
                     payload = _with_cells(payload, item, table)
@@ -640,16 +652,19 @@ def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zo
 
 
 class _DigestingWriter:
-    """Passes bytes on to a writer, keeping their SHA-256 and count: no read-back needed."""
+    """Passes bytes on to a writer, keeping their SHA-256, count and lines: no read-back
+    needed."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self.handle = handle
         self.digest = hashlib.sha256()
         self.bytes = 0
+        self.lines = 0
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.bytes += len(data)
+        self.lines += data.count(b"\n")  # a JSON line holds no raw line feed
         return self.handle.write(data)
 
     def writelines(self, lines: Iterable[bytes]) -> None:
@@ -668,8 +683,9 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
     """
     key = day.isoformat()
     file_key = storage.raw_key(day)
-    previous_digest = _merge_previous(spool, storage, file_key, key, zone, table)
     day_file = DayFile(day=day, path=storage.uri(file_key))
+    previous_digest = _merge_previous(spool, storage, file_key, key, zone, table,
+                                      day_file.misplaced)
     first_at = last_at = None
     for event_type, count, added, kept, low, high in spool.day_types(key):
         day_file.event_types[event_type or "(none)"] += count
@@ -680,13 +696,14 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
         last_at = high if last_at is None else max(last_at, high)
     if first_at is not None:
         day_file.first_event_at, day_file.last_event_at = _iso(first_at), _iso(last_at)
+        day_file.first_at, day_file.last_at = first_at, last_at
     if only_if_added and previous_digest is not None and day_file.added == 0:
         day_file.bytes = storage.size(file_key)
         return day_file
     with storage.writer(file_key) as handle:
         written = _DigestingWriter(handle)
         spool.write_day(key, written, table)  # type: ignore[arg-type]
-    day_file.bytes = written.bytes
+    day_file.bytes, day_file.lines_written = written.bytes, written.lines
     day_file.changed = previous_digest != written.digest.hexdigest()
     if previous_digest is None:
         day_file.added = day_file.events

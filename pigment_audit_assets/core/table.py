@@ -21,6 +21,7 @@ from raw files (the assets), :func:`~.collect.fetch_days` while it scans (the co
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import tempfile
 from array import array
@@ -72,6 +73,36 @@ class CsvSummary:
     collisions: int = 0
     collided_columns: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
+    # Kept while writing, for the CSV check (defs/checks.py) to need no second read: the raw
+    # events read and a digest of their ids in order, and a digest of the id cells of the rows
+    # written, in order. None where not kept (the command line's CSV).
+    raw_events: int | None = None
+    raw_ids_digest: str | None = None
+    csv_ids_digest: str | None = None
+
+
+class IdDigest:
+    """A SHA-256 of a sequence of event ids, in order, fed a batch at a time.
+
+    Ids are joined with line feeds, each batch ended by one: the same sequence gives the same
+    digest whatever its batches. (Ids holding a line feed could make two sequences collide;
+    the check then passes where a re-read would fail, which needs such ids and a writer bug
+    at once.)
+    """
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+
+    def update(self, ids: list[bytes]) -> None:
+        """Add ``ids`` (UTF-8) to the sequence."""
+        if ids:
+            ids.append(b"")
+            self.hash.update(b"\n".join(ids))
+            ids.pop()
+
+    def hexdigest(self) -> str:
+        """The digest so far."""
+        return self.hash.hexdigest()
 
 
 def iter_raw_events(raw_paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
@@ -116,6 +147,9 @@ class CsvTable:
         self.unshaped_density: Counter[str] = Counter()
         self.unshaped_collided: Counter[str] = Counter()
         self.batch: list[bytes] = []  # records not yet written to the spool
+        # Set by write_csv / write_stored_csv: the raw side of the CSV check.
+        self.raw_ids: IdDigest | None = None
+        self.raw_events: int | None = None
 
     def __enter__(self) -> CsvTable:
         return self
@@ -227,14 +261,19 @@ class CsvTable:
         summary = CsvSummary(path=name, rows=len(self.kinds), columns=columns,
                              collisions=collided.total(), collided_columns=collided)
         counted = _CountingWriter(handle)
+        written_ids = IdDigest() if self.raw_ids is not None else None
         if columns:
             header = io.StringIO(newline="")
             csv.writer(header, quoting=csv.QUOTE_MINIMAL).writerow(columns)
             counted.write(header.getvalue().encode())
             self.spool.seek(0)
-            _write_records(self, columns, self.spool, counted)  # type: ignore[arg-type]
+            _write_records(self, columns, self.spool, counted,  # type: ignore[arg-type]
+                           written_ids)
         self.spool.seek(0, io.SEEK_END)  # rows added later go after the others
         summary.bytes = counted.bytes
+        if self.raw_ids is not None and written_ids is not None:
+            summary.raw_events, summary.raw_ids_digest = self.raw_events, self.raw_ids.hexdigest()
+            summary.csv_ids_digest = written_ids.hexdigest()
         return summary
 
 
@@ -249,48 +288,89 @@ class _CountingWriter:
         return self.handle.write(data)
 
 
+def _fill(table: CsvTable, events: Iterable[dict[str, Any]]) -> None:
+    """Render and add ``events`` as the table's rows, keeping their count and id digest."""
+    render, add = table.render, table.add
+    digest = table.raw_ids = IdDigest()
+    ids: list[bytes] = []
+    count = 0
+    for event in events:
+        add(*render(event))
+        ids.append(str(event.get("id")).encode())
+        if len(ids) >= BATCH_EVENTS:
+            count += len(ids)
+            digest.update(ids)
+            ids.clear()
+    digest.update(ids)
+    table.raw_events = count + len(ids)
+
+
 def write_csv(raw_paths: Iterable[Path], csv_path: Path) -> CsvSummary:
     """Flatten the events of local ``raw_paths`` into one CSV at ``csv_path``, atomically."""
     with scratch_dir("csv") as scratch, CsvTable(scratch) as table:
-        render, add = table.render, table.add
-        for event in iter_raw_events(raw_paths):
-            add(*render(event))
+        _fill(table, iter_raw_events(raw_paths))
         return table.write(csv_path)
 
 
 def write_stored_csv(storage: Storage, raw_key: str, csv_key: str) -> CsvSummary:
     """Flatten a stored raw file into a stored CSV, streaming both; the CSV whole or not at all.
 
-    Raises ``FileNotFoundError`` when the raw file does not exist.
+    The summary carries the raw events read, with digests of their ids and of the id cells
+    written (see :class:`CsvSummary`). Raises ``FileNotFoundError`` when the raw file does
+    not exist.
     """
     with scratch_dir("csv") as scratch, CsvTable(scratch) as table:
-        render, add = table.render, table.add
         with storage.open_read(raw_key) as raw:
-            for event in iter_events(raw, storage.uri(raw_key)):
-                add(*render(event))
+            _fill(table, iter_events(raw, storage.uri(raw_key)))
         with storage.writer(csv_key) as handle:
             return table.write_to(handle, storage.uri(csv_key))
 
 
-def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle: IO[bytes]
-                   ) -> None:
-    """The second pass: each event's cells from the scratch file, placed into ``columns``."""
+def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle: IO[bytes],
+                   written_ids: IdDigest | None = None) -> None:
+    """The second pass: each event's cells from the scratch file, placed into ``columns``.
+
+    With ``written_ids``, the id cell of each row written goes into it, unquoted: the cell
+    the row holds in the ``id`` column (empty when it has none), in the rows' order.
+    """
     place = [_placer(shape.names, columns) for shape in table.shapes]
+    # Where each shape's id cell is (the last leaf named id, as placing takes it), or -1.
+    id_at = [{name: index for index, name in enumerate(shape.names)}.get("id", -1)
+             for shape in table.shapes]
     loads = orjson.loads
     records: list[bytes] = []
+    ids: list[bytes] = []
     for kind, text in zip(table.kinds, _records(spool), strict=True):
         if kind == UNSHAPED:
             cells = loads(text)["cells"]
             records.append(((",".join([cells.get(name, "") for name in columns]) or '""')
                             + "\r\n").encode())
+            if written_ids is not None:
+                ids.append(cells.get("id", "").encode())
         elif kind & 1:
-            records.append(place[kind >> 1]([cell.encode() for cell in loads(text)]))
+            row = [cell.encode() for cell in loads(text)]
+            records.append(place[kind >> 1](row))
+            if written_ids is not None:
+                ids.append(row[id_at[kind >> 1]] if id_at[kind >> 1] >= 0 else b"")
         else:
-            records.append(place[kind >> 1](text.split(CELL_SEPARATOR)))
+            row = text.split(CELL_SEPARATOR)
+            records.append(place[kind >> 1](row))
+            if written_ids is not None:
+                ids.append(row[id_at[kind >> 1]] if id_at[kind >> 1] >= 0 else b"")
         if len(records) >= BATCH_EVENTS:
             handle.write(b"".join(records))
             records.clear()
+            if written_ids is not None:
+                written_ids.update(_unquoted(ids))
+                ids.clear()
     handle.write(b"".join(records))
+    if written_ids is not None:
+        written_ids.update(_unquoted(ids))
+
+
+def _unquoted(cells: list[bytes]) -> list[bytes]:
+    """CSV cells as their text: a quoted cell without its quotes, doubled quotes single."""
+    return [cell[1:-1].replace(b'""', b'"') if cell[:1] == b'"' else cell for cell in cells]
 
 
 def _records(spool: IO[bytes]) -> Iterator[bytes]:

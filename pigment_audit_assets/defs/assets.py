@@ -122,7 +122,7 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         yield dg.MaterializeResult()
         storage, zone = pigment.storage(), pigment.zone()
         yield from checks.day_evaluations(context, checks.RAW_IDS_AND_DAYS, {
-            day: checks.check_raw_file(storage, day, zone) for day in reported})
+            day: checks.check_raw_written(storage, scan.days[day], zone) for day in reported})
         yield from checks.day_evaluations(context, checks.RAW_REJECTED, {
             day: checks.check_rejected(scan.days[day]) for day in reported})
 
@@ -139,8 +139,9 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         days = sorted(set(own) | set(days_materialized_in_run(context, raw_audit_events.key)))
         rows = 0
         storage = pigment.storage()
+        summaries = {}
         for day in days:
-            summary = pigment.write_day_csv(day)
+            summary = summaries[day] = pigment.write_day_csv(day)
             rows += summary.rows
             if summary.collisions:
                 context.log.warning(f"{day}: {summary.collisions} value(s) overwritten by keys "
@@ -150,7 +151,7 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         context.log.info(f"This run wrote {rows:,} CSV row(s) over {len(days)} day(s).")
         yield dg.MaterializeResult()
         yield from checks.day_evaluations(context, checks.CSV_ROWS, {
-            day: checks.check_csv_rows(storage, day) for day in days})
+            day: checks.check_csv_written(storage, day, summaries[day]) for day in days})
 
     @dg.asset(
         **common, deps=[audit_events_csv], pool=POOL, kinds={"pigment"},
