@@ -14,24 +14,40 @@ One gap no client can close: if the connection breaks before any status line arr
 or a time-out after Pigment processed the request), nothing tells the client the import
 started, so the retry pushes that chunk again. Pigment lists keyed on the event id absorb that
 as an update, not a second row; the record then shows both import ids.
+
+Memory stays bounded whatever the size of the day (:mod:`.record_io`): while a day is pushed,
+each entry's event ids are in a scratch file, not in a list; the record is read streaming when
+it is big and written streaming always, and the ids already pushed are looked up in a set that
+moves to SQLite past 200,000 ids.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from itertools import count
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .chunks import write_chunks
+from .chunks import FIELD_LIMIT, Chunk, write_chunks
 from .client import FINAL_IMPORT_STATUSES, Log, PigmentClient
 from .errors import ImportFailedError, PigmentApiError, PushAnswerLostError, StorageError
 from .lease import DEFAULT_TTL_SECONDS, hold_lease
+from .record_io import (
+    ID_BATCH,
+    WHOLE_RECORD_BYTES,
+    IdFile,
+    IdSet,
+    id_batches,
+    read_json_stream,
+    write_json,
+)
 from .storage import UNSAVED_FOLDER, Storage, scratch_dir, scratch_root
 
 REPORT_COUNTS = ("insertedCount", "updatedCount", "deletedCount", "skippedCount")
@@ -56,6 +72,10 @@ class ImportOutcome:
     failed: list[str] = field(default_factory=list)
     forced: bool = False
     answer_lost: list[dict[str, Any]] = field(default_factory=list)
+    # Import ids (and rows) of StatusUnknown imports whose events are not all in a Completed
+    # import, worked out by push_day while the ids are at hand; None: not worked out (the
+    # import check then works it out from the record's eventIds lists).
+    unverified: dict[str, int] | None = None
 
 
 def load_record(storage: Storage, day: date) -> dict[str, Any]:
@@ -74,10 +94,42 @@ def load_record(storage: Storage, day: date) -> dict[str, Any]:
     return record
 
 
+def read_record(storage: Storage, day: date, work: Path) -> dict[str, Any]:
+    """:func:`load_record` in bounded memory: a big record (or journal) is streamed, each
+    entry's ``eventIds`` going to an :class:`IdFile` under ``work``."""
+    files = count()
+
+    def new_id_file() -> IdFile:
+        return IdFile(work / "record-ids" / f"{next(files):06d}.ids")
+
+    key = storage.import_record_key(day)
+    size = storage.size(key) if storage.exists(key) else None
+    if size is None:
+        record = {"day": day.isoformat(), "imports": []}
+    elif size <= WHOLE_RECORD_BYTES:
+        record = orjson.loads(storage.read_bytes(key) or b"")
+    else:
+        with storage.open_read(key) as stream:
+            record = next(read_json_stream(stream, new_id_file))
+    journal = unsaved_journal(storage, day)
+    if journal.exists():
+        known = {(entry["importId"], entry["chunk"], entry["pushedAt"])
+                 for entry in record["imports"]}
+        with open(journal, "rb") as stream:
+            for entry in read_json_stream(stream, new_id_file):
+                if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
+                    record["imports"].append(entry)
+    return record
+
+
 def save_record(storage: Storage, day: date, record: dict[str, Any]) -> None:
-    """Write the import record, whole or not at all; then the journal it absorbed can go."""
-    storage.write_bytes(storage.import_record_key(day),
-                        orjson.dumps(record, option=orjson.OPT_INDENT_2))
+    """Write the import record, whole or not at all; then the journal it absorbed can go.
+
+    Entries' ``eventIds`` may be lists or :class:`IdFile` s: both are written as lists,
+    streamed (:func:`.record_io.write_json`).
+    """
+    with storage.writer(storage.import_record_key(day)) as handle:
+        write_json(handle, record)
     unsaved_journal(storage, day).unlink(missing_ok=True)
 
 
@@ -96,7 +148,8 @@ def _journal(storage: Storage, day: date, entry: dict[str, Any]) -> Path | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as journal:
-            journal.write(orjson.dumps(entry) + b"\n")
+            write_json(journal, entry, indent=False)
+            journal.write(b"\n")
             journal.flush()
             os.fsync(journal.fileno())
     except OSError:
@@ -112,6 +165,33 @@ def pushed_event_ids(record: dict[str, Any], configuration_id: str) -> set[str]:
         if entry["configurationId"] == configuration_id and entry.get("status") != "Failed"
         for event_id in entry["eventIds"]
     }
+
+
+def pushed_id_set(record: dict[str, Any], configuration_id: str, work: Path) -> IdSet:
+    """:func:`pushed_event_ids` in bounded memory (in SQLite past 200,000 ids)."""
+    return IdSet(work, [entry["eventIds"] for entry in record["imports"]
+                        if entry["configurationId"] == configuration_id
+                        and entry.get("status") != "Failed"])
+
+
+def chunk_id_file(chunk: Chunk, path: Path) -> IdFile:
+    """The event ids of a chunk file's records, in order, streamed into an id file."""
+    ids = IdFile(path)
+    if chunk.id_index is None:
+        return ids
+    index = chunk.id_index
+    csv.field_size_limit(FIELD_LIMIT)
+    with open(chunk.path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)  # the header
+        batch: list[str] = []
+        for row in reader:
+            batch.append(row[index])
+            if len(batch) >= ID_BATCH:
+                ids.extend(batch)
+                batch = []
+        ids.extend(batch)
+    return ids
 
 
 def summarize_report(status: dict[str, Any]) -> dict[str, Any]:
@@ -150,26 +230,36 @@ def push_day(
     """
     owner = owner or f"process {os.getpid()}"
     with hold_lease(storage, storage.lease_key(day), owner, log=log,
-                    ttl_seconds=lease_ttl_seconds, wait_seconds=lease_wait_seconds) as lease:
+                    ttl_seconds=lease_ttl_seconds, wait_seconds=lease_wait_seconds) as lease, \
+            scratch_dir(f"push-{day.isoformat()}") as work:
         # Read only now: a run that held the lease before us may have pushed the day.
-        record = load_record(storage, day)
-        outcome = ImportOutcome(day=day, record_path=storage.uri(storage.import_record_key(day)),
+        record = read_record(storage, day, work)
+        outcome = ImportOutcome(day=day,
+                                record_path=storage.uri(storage.import_record_key(day)),
                                 record=record, forced=force)
-        skip = set() if force else pushed_event_ids(record, configuration_id)
-        with scratch_dir(f"push-{day.isoformat()}") as work:
+        skip = IdSet(work, []) if force else pushed_id_set(record, configuration_id, work)
+        try:
             with storage.open_read(storage.csv_key(day)) as source:
                 chunks = write_chunks(source, chunk_bytes, work / "chunks", skip_ids=skip)
             outcome.already_pushed = len(skip)
-            for chunk in chunks:
-                lease.check()
-                _push_chunk(client, storage, day, configuration_id, chunk, len(chunks), record,
-                            outcome, force=force, log=log)
-                if on_chunk is not None:
-                    on_chunk(chunk.bytes)
+        finally:
+            skip.close()
+        for chunk in chunks:
+            lease.check()
+            _push_chunk(client, storage, day, configuration_id, chunk, len(chunks), record,
+                        outcome, force=force, log=log, work=work)
+            if on_chunk is not None:
+                on_chunk(chunk.bytes)
+            chunk.path.unlink()  # pushed, its ids on record: its disk space goes
         if not outcome.chunks:
-            log.info(f"{day}: nothing new to push ({len(skip):,} event(s) already in Pigment).")
+            log.info(f"{day}: nothing new to push ({outcome.already_pushed:,} event(s) "
+                     "already in Pigment).")
         _follow_open_imports(client, storage, day, record, configuration_id, outcome,
                              poll_seconds, poll_timeout_seconds, log)
+        outcome.unverified = _unverified(record, configuration_id, work)
+        for entry in record["imports"]:  # the id files go with the scratch folder
+            if isinstance(entry.get("eventIds"), IdFile):
+                entry["eventIds"] = RecordedIds(len(entry["eventIds"]))
     if outcome.failed:
         details = "; ".join(
             f"{import_id} ({', '.join(outcome.reports[import_id]['errors']) or 'no details'})"
@@ -182,9 +272,32 @@ def push_day(
     return outcome
 
 
+class RecordedIds(int):
+    """In an :class:`ImportOutcome`'s record after the push: how many ids the entry lists
+    (they are in the saved record; the scratch copy is gone)."""
+
+
+def _unverified(record: dict[str, Any], configuration_id: str, work: Path) -> dict[str, int]:
+    """StatusUnknown imports of ``configuration_id`` with an event in no Completed import."""
+    entries = [entry for entry in record["imports"]
+               if entry.get("configurationId") == configuration_id]
+    unknown = [entry for entry in entries if entry.get("status") == STATUS_UNKNOWN]
+    if not unknown:
+        return {}
+    confirmed = IdSet(work / "confirmed", [entry.get("eventIds", []) for entry in entries
+                                           if entry.get("status") == "Completed"])
+    try:
+        return {entry["importId"]: entry["rows"] for entry in unknown
+                if not all(event_id in confirmed
+                           for batch in id_batches(entry.get("eventIds", []))
+                           for event_id in batch)}
+    finally:
+        confirmed.close()
+
+
 def _push_chunk(client: PigmentClient, storage: Storage, day: date, configuration_id: str,
                 chunk: Any, total: int, record: dict[str, Any], outcome: ImportOutcome, *,
-                force: bool, log: Log) -> None:
+                force: bool, log: Log, work: Path) -> None:
     """Push one chunk and record it; the record is saved before anything else can happen."""
     import_id: str | None
     try:
@@ -200,7 +313,8 @@ def _push_chunk(client: PigmentClient, storage: Storage, day: date, configuratio
         "importId": import_id, "configurationId": configuration_id, "chunk": chunk.index,
         "rows": chunk.rows, "bytes": chunk.bytes,
         "pushedAt": datetime.now(timezone.utc).isoformat(), "status": status,
-        "forced": force, "eventIds": chunk.event_ids,
+        "forced": force,
+        "eventIds": chunk_id_file(chunk, work / "chunk-ids" / f"{len(record['imports'])}.ids"),
     }
     record["imports"].append(entry)
     try:

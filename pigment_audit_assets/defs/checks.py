@@ -293,11 +293,14 @@ def check_import_reports(outcome: ImportOutcome,
         if accounted != rows_by_id.get(import_id):
             short[import_id] = {"rows_pushed": rows_by_id.get(import_id, -1),
                                 "accounted_for": accounted}
-    confirmed = {event_id for entry in entries if entry.get("status") == "Completed"
-                 for event_id in entry.get("eventIds", [])}
-    unknown = {entry["importId"]: entry["rows"] for entry in entries
-               if entry.get("status") == STATUS_UNKNOWN
-               and not set(entry.get("eventIds", [])) <= confirmed}
+    if outcome.unverified is not None:  # worked out by the push, with the ids at hand
+        unknown = dict(outcome.unverified)
+    else:
+        confirmed = {event_id for entry in entries if entry.get("status") == "Completed"
+                     for event_id in entry.get("eventIds", [])}
+        unknown = {entry["importId"]: entry["rows"] for entry in entries
+                   if entry.get("status") == STATUS_UNKNOWN
+                   and not set(entry.get("eventIds", [])) <= confirmed}
     lost = list(outcome.answer_lost)
     problems = []
     if short:
