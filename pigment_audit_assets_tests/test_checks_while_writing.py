@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import subprocess
+import sys
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 
@@ -143,3 +145,11 @@ def test_a_kept_event_of_another_day_is_named_by_the_raw_check(tmp_path: Path) -
     day_file.misplaced.clear()
     storage.write_bytes(storage.raw_key(DAY), orjson.dumps(stranger) + b"\n")
     assert not checks.check_raw_written(storage, day_file, UTC).passed
+
+
+def test_loading_the_project_does_not_import_pandas() -> None:
+    """pandas was imported for the CSV preview alone: 0.5 s of every Dagster process's
+    start-up (benchmarks/bench_dagster.py). The preview is read with the csv module."""
+    code = ("import sys, pigment_audit_assets.definitions, pigment_audit_assets.defs.metadata; "
+            "sys.exit('pandas' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
