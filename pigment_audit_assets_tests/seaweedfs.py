@@ -35,8 +35,13 @@ READER = {"AWS_ACCESS_KEY_ID": "seaweed-reader-key", "AWS_SECRET_ACCESS_KEY":
           "seaweed-reader-secret-41c8be", "AWS_REGION": REGION}
 START_SECONDS = 90.0
 STOP_SECONDS = 5.0
+START_ATTEMPTS = 3
 # The gRPC ports' Unix sockets weed opens beside them: /tmp/seaweedfs-<part>-grpc-<port>.sock.
 SOCKET_PARTS = ("master", "volume", "filer", "s3")
+
+
+class PortTaken(RuntimeError):
+    """weed exited because one of its ports was taken."""
 
 
 def weed_binary() -> Path | None:
@@ -87,6 +92,9 @@ class SeaweedFS:
         self.config = folder / "s3.json"
         self.log_path = folder / "weed.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
         names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3",
                  "s3_grpc")
         self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
@@ -127,7 +135,22 @@ class SeaweedFS:
             return "(no log)"
 
     def start(self) -> None:
-        """Start weed and wait until the gateway creates :data:`BUCKET` and stores in it."""
+        """Start weed and wait until the gateway creates :data:`BUCKET` and stores in it.
+
+        A port taken by another process between choosing it and weed binding it (the machine
+        is shared) makes weed exit: then new ports, at most ``START_ATTEMPTS`` times.
+        """
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                return
+            except PortTaken:
+                if attempt == START_ATTEMPTS:
+                    raise
+                self.stop()
+                self._choose_ports()
+
+    def _start_once(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         self.config.write_text(json.dumps(identities(), indent=1))
         environment = {**os.environ, "AWS_METADATA_ENDPOINT": "http://127.0.0.1:1",
@@ -140,8 +163,9 @@ class SeaweedFS:
         last: BaseException | None = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}:\n"
-                                   f"{self.log_tail()}")
+                log = self.log_path.read_text(errors="replace")
+                kind = PortTaken if "address already in use" in log else RuntimeError
+                raise kind(f"weed exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 self._ready()
                 return
