@@ -105,11 +105,6 @@ def test_seaweedfs_requires_signed_requests(seaweed: SeaweedFS) -> None:
         "HTTPStatusCode"] == 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "storage.py's check_access tests for '403' before 'SignatureDoesNotMatch' and "
-    "'InvalidAccessKeyId': S3 (SeaweedFS and AWS alike) sends those with status 403, so a wrong "
-    "secret is reported as 'access ... is denied' instead of 'the credentials are missing or "
-    "wrong'"))
 def test_a_wrong_secret_is_named_as_wrong_credentials(seaweed_url: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
