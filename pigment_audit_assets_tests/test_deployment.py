@@ -1,0 +1,327 @@
+"""The deployment files of deploy/: what can be checked without Docker or a Kubernetes cluster.
+
+Fast tests: every file parses; the instance files validate against Dagster's own instance schema
+and build a psycopg2 URL; the image's command is the one the slow test runs; the compose services
+and the files they mount; the Helm values against the chart's schema where the chart is at hand;
+the Kubernetes Job that dagster-k8s's K8sRunLauncher builds from the values.
+
+The slow test (marked slow, below) runs the production instance for real: PostgreSQL, a code
+server, the webserver and the daemon as separate processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+DEPLOY = REPOSITORY / "deploy"
+DEPLOY_FILES = ["dagster.yaml", "workspace.yaml", "compose/dagster.yaml",
+                "docker-compose.yaml", "helm/values.yaml"]
+PG_VARIABLES = ["DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
+                "DAGSTER_PG_DB"]
+SECRET_VARIABLES = ["PIGMENT_AUDIT_API_KEY", "PIGMENT_IMPORT_API_KEY", "DAGSTER_PG_PASSWORD"]
+
+
+def load(relative: str) -> Any:
+    return yaml.safe_load((DEPLOY / relative).read_text(encoding="utf-8"))
+
+
+def dockerfile_cmd() -> list[str]:
+    """The Dockerfile's CMD, in its exec form (a JSON array)."""
+    lines = [line for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+             if line.startswith("CMD ")]
+    assert len(lines) == 1, lines
+    command = json.loads(lines[0][len("CMD "):])
+    assert isinstance(command, list), "CMD must be in exec form: signals reach the code server"
+    return command
+
+
+def code_server_command(host: str, port: int) -> list[str]:
+    """The image's CMD with its address replaced: what the slow test runs, argument for argument."""
+    command = dockerfile_cmd()
+    assert command[command.index("-h") + 1] == "0.0.0.0"
+    assert command[command.index("-p") + 1] == "4000"
+    command[command.index("-h") + 1] = host
+    command[command.index("-p") + 1] = str(port)
+    return command
+
+
+@pytest.mark.parametrize("relative", DEPLOY_FILES)
+def test_every_deploy_file_parses(relative: str) -> None:
+    assert isinstance(load(relative), dict)
+
+
+@pytest.mark.parametrize("relative", ["dagster.yaml", "compose/dagster.yaml"])
+def test_instance_files_validate_and_use_psycopg2(relative: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster_postgres.utils import pg_url_from_config
+
+    for variable in PG_VARIABLES:
+        monkeypatch.setenv(variable, "5432" if variable.endswith("PORT") else "x")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((DEPLOY / relative).read_text())
+    config, _ = dagster_instance_config(str(home))  # raises on any unknown or mistyped key
+    assert config["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["run_monitoring"]["enabled"] is True
+    postgres = config["storage"]["postgres"]
+    # Every connection setting comes from its variable, none written in the file.
+    assert {key: value for key, value in postgres["postgres_db"].items() if key != "scheme"} == {
+        "hostname": {"env": "DAGSTER_PG_HOST"}, "port": {"env": "DAGSTER_PG_PORT"},
+        "username": {"env": "DAGSTER_PG_USER"}, "password": {"env": "DAGSTER_PG_PASSWORD"},
+        "db_name": {"env": "DAGSTER_PG_DB"}}
+    # What dagster-postgres builds from it (the env values resolved as the instance does).
+    resolved = {key: (os.environ[value["env"]] if isinstance(value, dict) else value)
+                for key, value in postgres["postgres_db"].items()}
+    url = pg_url_from_config({"postgres_db": resolved})
+    assert url.startswith("postgresql+psycopg2://"), url
+    import sqlalchemy.engine
+
+    assert sqlalchemy.engine.make_url(url).get_dialect().driver == "psycopg2"
+    # The trap the scheme avoids: without it, SQLAlchemy 2.x asks for psycopg 3.
+    bare = pg_url_from_config({"postgres_db": {k: v for k, v in resolved.items()
+                                               if k != "scheme"}})
+    assert sqlalchemy.engine.make_url(bare).get_dialect().driver != "psycopg2"
+
+
+def test_compose_instance_is_the_production_one_plus_the_docker_launcher() -> None:
+    production, compose = load("dagster.yaml"), load("compose/dagster.yaml")
+    launcher = compose.pop("run_launcher")
+    assert compose == production
+    assert (launcher["module"], launcher["class"]) == ("dagster_docker", "DockerRunLauncher")
+    from dagster._config import process_config
+    from dagster_docker import DockerRunLauncher
+
+    assert process_config(DockerRunLauncher.config_type(), launcher["config"]).success
+    # Secrets are passed by name, their values from the daemon's environment.
+    assert set(SECRET_VARIABLES) <= set(launcher["config"]["env_vars"])
+    assert all("=" not in name for name in launcher["config"]["env_vars"])
+
+
+def test_workspace_points_at_the_code_server() -> None:
+    (entry,) = load("workspace.yaml")["load_from"]
+    server = entry["grpc_server"]
+    assert server == {"host": {"env": "DAGSTER_CODE_SERVER_HOST"},
+                      "port": {"env": "DAGSTER_CODE_SERVER_PORT"},
+                      "location_name": "pigment_audit_assets"}
+
+
+def test_dockerfile_is_small_non_root_and_runs_the_code_server() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    froms = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert froms == ["FROM python:3.12-slim"]
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+    assert 'pip install "' in text or "pip install ." in text
+    assert dockerfile_cmd() == ["dagster", "code-server", "start", "-m",
+                                "pigment_audit_assets.definitions", "-h", "0.0.0.0", "-p", "4000"]
+    # The slow test runs exactly this command, only the address differs.
+    assert code_server_command("127.0.0.1", 4123)[:-4] == dockerfile_cmd()[:-4]
+
+
+def test_compose_services_share_one_instance_and_workspace() -> None:
+    compose = load("docker-compose.yaml")
+    services = compose["services"]
+    assert set(services) == {"postgres", "user_code", "webserver", "daemon"}
+    # The code server is the image's own command (no override), the port the workspace's.
+    assert "command" not in services["user_code"]
+    assert services["user_code"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    for name in ("webserver", "daemon"):
+        service = services[name]
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]
+                  if volume.startswith("./")}
+        assert mounts["/opt/dagster/dagster_home/dagster.yaml"] == "./compose/dagster.yaml"
+        assert mounts["/opt/dagster/dagster_home/workspace.yaml"] == "./workspace.yaml"
+        assert "/opt/dagster/dagster_home/workspace.yaml" in service["command"]
+        env = service["environment"]
+        assert (env["DAGSTER_CODE_SERVER_HOST"], env["DAGSTER_CODE_SERVER_PORT"]) == (
+            "user_code", "4000")
+        assert set(PG_VARIABLES) <= set(env)
+    assert services["webserver"]["command"][0] == "dagster-webserver"
+    assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    # The daemon starts run containers: the Docker socket, and the Pigment settings to pass on.
+    assert "/var/run/docker.sock:/var/run/docker.sock" in services["daemon"]["volumes"]
+    assert {"PIGMENT_AUDIT_API_KEY", "PIGMENT_IMPORT_API_KEY"} <= set(
+        services["daemon"]["environment"])
+    # The launcher's network is the compose network; secrets only as ${...} from the env file.
+    assert load("compose/dagster.yaml")["run_launcher"]["config"]["network"] in compose["networks"]
+    for service in services.values():
+        for key, value in (service.get("environment") or {}).items():
+            if key in SECRET_VARIABLES or key == "POSTGRES_PASSWORD":
+                assert str(value).startswith("${"), (key, value)
+    healthcheck = services["user_code"]["healthcheck"]["test"]
+    assert healthcheck[1:] == ["dagster", "api", "grpc-health-check", "-p", "4000"]
+
+
+def helm_values() -> dict[str, Any]:
+    return load("helm/values.yaml")
+
+
+def test_helm_values_match_the_production_instance() -> None:
+    """The chart writes dagster.yaml itself: its values must say what deploy/dagster.yaml says."""
+    values, production = helm_values(), load("dagster.yaml")
+    pools = production["concurrency"]["pools"]
+    assert values["concurrency"] == {"enabled": True, "pools": {
+        "defaultLimit": pools["default_limit"], "granularity": pools["granularity"]}}
+    monitoring = production["run_monitoring"]
+    assert values["dagsterDaemon"]["runMonitoring"] == {
+        "enabled": True, "startTimeoutSeconds": monitoring["start_timeout_seconds"],
+        "pollIntervalSeconds": monitoring["poll_interval_seconds"],
+        "freeSlotsAfterRunEndSeconds": monitoring["free_slots_after_run_end_seconds"]}
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert values["postgresql"]["postgresqlScheme"] == (
+        production["storage"]["postgres"]["postgres_db"]["scheme"])
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    # The chart runs `dagster code-server start -h 0.0.0.0 -p <port>` + codeServerArgs: the CMD.
+    command = dockerfile_cmd()
+    assert deployment["codeServerArgs"] == command[3:5]
+    assert deployment["port"] == int(command[command.index("-p") + 1])
+    assert {"name": "pigment-audit"} in deployment["envSecrets"]
+    # No secret value in the file: passwords and keys only from Secrets.
+    assert values["postgresql"]["postgresqlPassword"] == ""
+    assert not [key for key, value in walk(values) if key in SECRET_VARIABLES and value]
+
+
+def walk(node: Any) -> list[tuple[str, Any]]:
+    """Every (key, value) pair of a parsed YAML document, at any depth."""
+    if isinstance(node, dict):
+        return [pair for key, value in node.items() for pair in [(key, value), *walk(value)]]
+    if isinstance(node, list):
+        return [pair for item in node for pair in walk(item)]
+    return []
+
+
+def test_helm_values_against_the_charts_schema() -> None:
+    """With the chart at hand (DAGSTER_HELM_CHART=path/to/helm/dagster), its values.schema.json.
+
+    Nothing of the chart is vendored here, and this machine cannot download it: without the
+    variable this test is skipped and says so.
+    """
+    chart = os.environ.get("DAGSTER_HELM_CHART")
+    if not chart:
+        pytest.skip("set DAGSTER_HELM_CHART to a checkout of dagster's helm/dagster (1.13.27) "
+                    "to validate deploy/helm/values.yaml against its values.schema.json")
+    import jsonschema
+
+    schema = json.loads((Path(chart) / "values.schema.json").read_text())
+    defaults = yaml.safe_load((Path(chart) / "values.yaml").read_text())
+    merged = deep_merge(defaults, helm_values())
+    jsonschema.validate(merged, schema)
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Helm's merge of a values file over the chart's defaults (maps merge, the rest replaces)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base.get(key), value)
+        return merged
+    return override
+
+
+RELEASE = "dagster"  # `helm upgrade --install dagster ...` in the README
+
+
+def chart_launcher_config(values: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:
+    """The K8sRunLauncher's config as the chart's instance ConfigMap renders it from the values.
+
+    The chart's template (helm/dagster/templates/helpers/instance/_run-launcher.tpl) reproduced
+    by hand: helm and the chart are not on this machine. One difference, for the test only: the
+    launcher reads a kubeconfig file (never contacted) instead of the in-cluster config.
+    """
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    return {
+        "job_namespace": launcher.get("jobNamespace") or "default",
+        "load_incluster_config": False,
+        "kubeconfig_file": str(kubeconfig),
+        "image_pull_policy": launcher["imagePullPolicy"],
+        "service_account_name": f"{RELEASE}",
+        "instance_config_map": f"{RELEASE}-instance",
+        "postgres_password_secret": values["global"]["postgresqlSecretName"],
+        "dagster_home": "/opt/dagster/dagster_home",
+        "env_config_maps": [f"{RELEASE}-pipeline-env",
+                            *[item["name"] for item in launcher["envConfigMaps"]]],
+        "env_secrets": [item["name"] for item in launcher["envSecrets"]],
+        "env_vars": launcher["envVars"],
+        "volume_mounts": launcher["volumeMounts"],
+        "volumes": launcher["volumes"],
+        "run_k8s_config": {
+            "pod_spec_config": launcher["runK8sConfig"]["podSpecConfig"]},
+    }
+
+
+def test_the_kubernetes_job_the_launcher_builds_from_the_values(tmp_path: Path) -> None:
+    """dagster-k8s's own K8sRunLauncher and job builder, from the values, up to the API call."""
+    dagster_k8s = pytest.importorskip(
+        "dagster_k8s", reason="dagster-k8s comes with the dev extra: pip install -e '.[dev]'")
+    from dagster import DagsterRun
+    from dagster._config import process_config
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster_k8s.job import construct_dagster_k8s_job, get_job_name_from_run_id
+
+    values = helm_values()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+        "users": [{"name": "test", "user": {}}]}))
+    processed = process_config(dagster_k8s.K8sRunLauncher.config_type(),
+                               chart_launcher_config(values, kubeconfig))
+    assert processed.success, processed.errors
+    launcher = dagster_k8s.K8sRunLauncher.from_config_value(None, processed.value)
+
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
+    # The origin the code server reports: the chart sets DAGSTER_CURRENT_IMAGE on it.
+    origin = JobPythonOrigin(
+        "pigment_audit_job",
+        RepositoryPythonOrigin(
+            executable_path="/usr/local/bin/python",
+            code_pointer=ModuleCodePointer("pigment_audit_assets.definitions", "defs",
+                                           working_directory=None),
+            container_image=image, entry_point=["dagster"], container_context=None))
+    run = DagsterRun(job_name="pigment_audit_job", run_id="0a1b2c3d-0000-4000-8000-000000000001",
+                     job_code_origin=origin)
+    # What K8sRunLauncher._launch_k8s_job_with_args does before create_namespaced_job.
+    context = launcher.get_container_context_for_run(run)
+    job_config = context.get_k8s_job_config(job_image=image, run_launcher=launcher)
+    args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=None)
+    job = construct_dagster_k8s_job(
+        job_config=job_config, args=args.get_command_args(),
+        job_name=get_job_name_from_run_id(run.run_id), component="run_worker",
+        user_defined_k8s_config=context.run_k8s_config,
+        labels={"dagster/job": run.job_name, "dagster/run-id": run.run_id},
+        env_vars=[{"name": "DAGSTER_RUN_JOB_NAME", "value": run.job_name}])
+    body = job.to_dict()
+    pod = body["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == image
+    assert container["image_pull_policy"] == "IfNotPresent"
+    assert container["args"][:3] == ["dagster", "api", "execute_run"]
+    env_from = {(item["secret_ref"] or {}).get("name") for item in container["env_from"]}
+    assert "pigment-audit" in env_from
+    env = {item["name"]: item for item in container["env"]}
+    assert env["DAGSTER_HOME"]["value"] == "/opt/dagster/dagster_home"
+    # The database password from its Secret, by reference.
+    secret_ref = env["DAGSTER_PG_PASSWORD"]["value_from"]["secret_key_ref"]
+    assert secret_ref == {"name": "dagster-postgresql-secret", "key": "postgresql-password",
+                          "optional": None}
+    assert env["DAGSTER_PG_PASSWORD"]["value"] is None
+    assert pod["security_context"]["run_as_non_root"] is True
+    assert pod["security_context"]["run_as_user"] == 10001
+    # No secret value anywhere in the Job: keys and password by reference only.
+    assert "dagster-postgresql-secret" in json.dumps(body, default=str)
+    assert shlex.join(container["args"][:3]) == "dagster api execute_run"
