@@ -11,14 +11,44 @@ server, the webserver and the daemon as separate processes.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import itertools
 import json
 import os
+import secrets
 import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
+
+from pigment_audit_assets_tests.conftest import AUDIT_KEY, CONFIGURATION_ID, IMPORT_KEY, TODAY
+from pigment_audit_assets_tests.schedule_support import UTC, raw_ids, truth_ids
+from pigment_audit_assets_tests.stand_in import PigmentStandIn
+from pigment_audit_assets_tests.synthetic import synthetic_events
+from pigment_audit_assets_tests.test_dagster_dev import (
+    BACKFILL_RUNS,
+    BACKFILL_STATUS,
+    FINISHED,
+    DagsterDev,
+    free_port,
+    launch_backfill,
+    stop,
+    wait_until_ready,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEPLOY = REPOSITORY / "deploy"
@@ -325,3 +355,274 @@ def test_the_kubernetes_job_the_launcher_builds_from_the_values(tmp_path: Path) 
     # No secret value anywhere in the Job: keys and password by reference only.
     assert "dagster-postgresql-secret" in json.dumps(body, default=str)
     assert shlex.join(container["args"][:3]) == "dagster api execute_run"
+
+
+# --- The production instance for real (slow) ------------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+READY_SECONDS = 180.0
+RUNS_SECONDS = 480.0
+# Two backfills of two days each, launched at once: four days, two runs, one Pigment pool slot.
+SLOW_DAYS = [TODAY - timedelta(days=offset) for offset in (8, 7, 5, 4)]
+POOL_STEPS = {"raw_audit_events", "audit_events_import"}
+
+
+def postgres_bin() -> Path:
+    """The newest PostgreSQL's server binaries (Debian's layout; .ci/run installs them)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        pytest.fail("no PostgreSQL server binaries under /usr/lib/postgresql: .ci/run installs "
+                    "them (apt-get install postgresql)")
+    return found[-1].parent
+
+
+@dataclass
+class Postgres:
+    port: int
+    user: str
+    password: str
+    database: str
+    log_path: Path
+
+    def connect(self) -> Any:
+        import psycopg2
+
+        return psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user,
+                                password=self.password, dbname=self.database)
+
+
+def as_server_user(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run it as the postgres user."""
+    if os.geteuid() != 0:
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A fresh PostgreSQL cluster on a free loopback port, password auth, removed afterwards."""
+    binaries = postgres_bin()
+    # Not under pytest's tmp_path: that folder is private to this user, the server's user differs.
+    root = Path(tempfile.mkdtemp(prefix="pigment-audit-pg-"))
+    password = secrets.token_urlsafe(18)
+    data, pwfile, log_path = root / "data", root / "pwfile", root / "postgres.log"
+    pwfile.write_text(password)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        shutil.chown(pwfile, "postgres", "postgres")
+    pwfile.chmod(0o600)
+    port = free_port()
+    subprocess.run(as_server_user([str(binaries / "initdb"), "-D", str(data), "-U", "dagster",
+                                   "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]),
+                   check=True, capture_output=True)
+    pwfile.unlink()
+    start = as_server_user([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log_path),
+                            "-w", "-t", "60", "-o",
+                            f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"])
+    subprocess.run(start, check=True, capture_output=True)
+    server = Postgres(port, "dagster", password, "dagster", log_path)
+    try:
+        import psycopg2
+
+        with contextlib.closing(psycopg2.connect(host="127.0.0.1", port=port, user="dagster",
+                                                 password=password, dbname="postgres")) as conn:
+            conn.autocommit = True
+            conn.cursor().execute("CREATE DATABASE dagster")
+        yield server
+    finally:
+        subprocess.run(as_server_user([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast",
+                                       "-w", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Services:
+    home: Path
+    data: Path
+    logs: list[Path]
+    webserver: DagsterDev
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+                         for path in self.logs)
+
+
+def executable(name: str) -> str:
+    """A console script of this virtual environment (dagster, dagster-webserver, ...)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_code_server(port: int, env: dict[str, str], process: subprocess.Popen[bytes],
+                         log_path: Path) -> None:
+    """`dagster api grpc-health-check` until it answers SERVING (bounded)."""
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the code server exited with {process.returncode}:\n"
+                        f"{log_path.read_text(errors='replace')[-4000:]}")
+        check = subprocess.run([executable("dagster"), "api", "grpc-health-check",
+                                "-h", "127.0.0.1", "-p", str(port)],
+                               env=env, capture_output=True, timeout=60)
+        if check.returncode == 0:
+            return
+        time.sleep(1)  # polling interval while the code server loads the definitions
+    pytest.fail(f"the code server did not answer within {READY_SECONDS:.0f} s:\n"
+                f"{log_path.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture
+def slow_pigment() -> Iterator[PigmentStandIn]:
+    now = datetime.combine(TODAY - timedelta(days=1), dtime(12), tzinfo=UTC)
+    with PigmentStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY,
+                        configuration_ids=(CONFIGURATION_ID,), page_size=100,
+                        now=now) as server:
+        for day in SLOW_DAYS:
+            server.add_events(synthetic_events(day, 150, seed=day.toordinal(),
+                                               late_fraction=0.05))
+        yield server
+
+
+@pytest.fixture
+def services(postgres: Postgres, slow_pigment: PigmentStandIn,
+             tmp_path: Path) -> Iterator[Services]:
+    """Code server, webserver and daemon apart, on deploy/dagster.yaml and deploy/workspace.yaml."""
+    home, data = tmp_path / "dagster_home", tmp_path / "data"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(DEPLOY / "workspace.yaml", home / "workspace.yaml")
+    code_port, web_port = free_port(), free_port()
+    off_hour = (datetime.now(UTC).hour + 12) % 24  # the daily schedule stays out of the way
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres.port),
+        "DAGSTER_PG_USER": postgres.user, "DAGSTER_PG_PASSWORD": postgres.password,
+        "DAGSTER_PG_DB": postgres.database,
+        "DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(code_port),
+        "PIGMENT_AUDIT_API_KEY": AUDIT_KEY, "PIGMENT_IMPORT_API_KEY": IMPORT_KEY,
+        "PIGMENT_IMPORT_CONFIGURATION_ID": CONFIGURATION_ID,
+        "PIGMENT_BASE_URL": slow_pigment.base_url,
+        "PIGMENT_AUDIT_STORAGE_URL": str(data),
+        "PIGMENT_AUDIT_START_DATE": (TODAY - timedelta(days=30)).isoformat(),
+        "PIGMENT_AUDIT_TIMEZONE": "UTC",
+        "PIGMENT_AUDIT_SCHEDULE_HOUR": str(off_hour),
+    }
+    logs = [tmp_path / name for name in ("code_server.log", "webserver.log", "daemon.log")]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        command = code_server_command("127.0.0.1", code_port)
+        processes.append(spawn([executable(command[0]), *command[1:]], env, logs[0]))
+        wait_for_code_server(code_port, env, processes[0], logs[0])
+        workspace = str(home / "workspace.yaml")
+        processes.append(spawn([executable("dagster-webserver"), "-h", "127.0.0.1",
+                                "-p", str(web_port), "-w", workspace], env, logs[1]))
+        processes.append(spawn([executable("dagster-daemon"), "run", "-w", workspace],
+                               env, logs[2]))
+        webserver = DagsterDev(f"http://127.0.0.1:{web_port}", processes[1], logs[1])
+        yield Services(home, data, [*logs, postgres.log_path], webserver)
+    finally:
+        for process in reversed(processes):
+            stop(process)
+
+
+def wait_for_backfills(services: Services, backfill_ids: list[str]) -> list[str]:
+    """Poll until every backfill has finished (bounded); their final statuses."""
+    deadline = time.monotonic() + RUNS_SECONDS
+    statuses = ["unknown"] * len(backfill_ids)
+    while time.monotonic() < deadline:
+        for index, backfill_id in enumerate(backfill_ids):
+            answer = services.webserver.graphql(
+                BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+            assert answer["__typename"] == "PartitionBackfill", answer
+            statuses[index] = answer["status"]
+        if all(status in FINISHED for status in statuses):
+            return statuses
+        time.sleep(1)  # polling interval while the daemon works
+    pytest.fail(f"backfills still {statuses} after {RUNS_SECONDS:.0f} s:\n"
+                f"{services.log_tail()}")
+
+
+def step_intervals(postgres: Postgres, run_ids: list[str]) -> list[tuple[float, float, str]]:
+    """(start, end, run:step) of every pool step of the runs, from the event log in PostgreSQL."""
+    with contextlib.closing(postgres.connect()) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT run_id, step_key, dagster_event_type, timestamp FROM event_logs "
+                       "WHERE run_id = ANY(%s) AND dagster_event_type IN "
+                       "('STEP_START', 'STEP_SUCCESS', 'STEP_FAILURE')", (run_ids,))
+        rows = cursor.fetchall()
+    starts: dict[tuple[str, str], float] = {}
+    ends: dict[tuple[str, str], float] = {}
+    for run_id, step_key, kind, stamp in rows:
+        if step_key not in POOL_STEPS:
+            continue
+        moment = stamp.replace(tzinfo=UTC).timestamp()
+        (starts if kind == "STEP_START" else ends)[(run_id, step_key)] = moment
+    assert set(starts) == set(ends), (starts, ends)
+    return sorted((starts[key], ends[key], ":".join(key)) for key in starts)
+
+
+@pytest.mark.slow
+def test_production_instance_runs_two_backfills_one_pool_step_at_a_time(
+        services: Services, postgres: Postgres, slow_pigment: PigmentStandIn) -> None:
+    dev = services.webserver
+    wait_until_ready(dev)
+    keys = [day.isoformat() for day in SLOW_DAYS]
+    # Two backfills at once, as two clicks in the UI would launch them.
+    backfills = [launch_backfill(dev, keys[:2]), launch_backfill(dev, keys[2:])]
+    statuses = wait_for_backfills(services, backfills)
+    assert set(statuses) <= {"COMPLETED", "COMPLETED_SUCCESS"}, services.log_tail()
+    run_ids = []
+    for backfill_id in backfills:
+        runs = dev.graphql(BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
+        assert len(runs) == 1 and runs[0]["status"] == "SUCCESS", runs
+        run_ids.append(runs[0]["runId"])
+
+    # The days are exact against the stand-in's truth, each event pushed once.
+    pushed = Counter(row["id"] for row in slow_pigment.pushed_rows())
+    expected: list[str] = []
+    for day in SLOW_DAYS:
+        truth = truth_ids(slow_pigment, day)
+        assert truth and sorted(raw_ids(services.data, day)) == truth, day
+        with open(services.data / "csv" / f"{day}.csv", newline="", encoding="utf-8") as handle:
+            assert sorted(row["id"] for row in csv.DictReader(handle)) == truth
+        record = orjson.loads((services.data / "imports" / f"{day}.json").read_bytes())
+        assert sorted(event_id for entry in record["imports"]
+                      for event_id in entry["eventIds"]) == truth
+        expected += truth
+    assert max(pushed.values()) == 1 and sorted(pushed) == sorted(expected)
+
+    # The runs are in PostgreSQL (nowhere else: DAGSTER_HOME holds no SQLite database).
+    with contextlib.closing(postgres.connect()) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (run_ids,))
+        assert sorted(cursor.fetchall()) == sorted((run_id, "SUCCESS") for run_id in run_ids)
+    assert not list(services.home.rglob("*.db"))
+
+    # The two runs overlapped, but their Pigment steps never did: one pool slot.
+    with contextlib.closing(postgres.connect()) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT start_time, end_time FROM runs WHERE run_id = ANY(%s)", (run_ids,))
+        (_, first_end), (second_start, _) = sorted(cursor.fetchall())
+    assert second_start < first_end, "the runs did not overlap: nothing for the pool to do"
+    intervals = step_intervals(postgres, run_ids)
+    assert len(intervals) == 2 * len(POOL_STEPS), intervals
+    for (_, end, before), (start, _, after) in itertools.pairwise(intervals):
+        assert end <= start, f"{before} ended at {end}, after {after} started at {start}"
+
+    # No key or database password in the logs, the files under DAGSTER_HOME, the data, the
+    # event log or the run records.
+    secret_values = [AUDIT_KEY, IMPORT_KEY, postgres.password]
+    for path in [*services.logs, *services.home.rglob("*"), *services.data.rglob("*")]:
+        if path.is_file():
+            content = path.read_bytes()
+            assert not [s for s in secret_values if s.encode() in content], path
+    with contextlib.closing(postgres.connect()) as conn, conn.cursor() as cursor:
+        for table, column in (("event_logs", "event"), ("runs", "run_body")):
+            for secret_value in secret_values:
+                cursor.execute(f"SELECT count(*) FROM {table} WHERE {column} LIKE %s",
+                               (f"%{secret_value}%",))
+                assert cursor.fetchone() == (0,), (table, column)
