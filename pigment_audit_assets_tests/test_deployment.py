@@ -626,3 +626,135 @@ def test_production_instance_runs_two_backfills_one_pool_step_at_a_time(
                 cursor.execute(f"SELECT count(*) FROM {table} WHERE {column} LIKE %s",
                                (f"%{secret_value}%",))
                 assert cursor.fetchone() == (0,), (table, column)
+
+
+# --- A pool slot left by a run killed outside the daemon ------------------------------------
+
+POOL = "pigment_api"
+FREE_SCRIPT = REPOSITORY / "scripts" / "free_pool_slots.py"
+
+
+@pytest.fixture
+def local_home(tmp_path: Path) -> Path:
+    """A DAGSTER_HOME with the repository's dagster.yaml (SQLite, the pool limited to 1)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def add_run(instance: Any, status: Any) -> str:
+    import dagster as dg
+
+    run = dg.DagsterRun(job_name="pigment_audit_job", run_id=make_run_id(), status=status)
+    instance.add_run(run)
+    return run.run_id
+
+
+def claim(instance: Any, run_id: str, step_key: str) -> bool:
+    """Claim a slot as a step does (InstanceConcurrencyContext): the default limit first."""
+    instance.event_log_storage.initialize_concurrency_limit_to_default(POOL)
+    return instance.event_log_storage.claim_concurrency_slot(POOL, run_id, step_key).is_claimed
+
+
+def make_run_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def test_pool_watch_names_a_quiet_holder_only_when_a_step_waits(local_home: Path) -> None:
+    import dagster as dg
+
+    from pigment_audit_assets.defs.pool_watch import find_stuck_slots
+
+    with dg.DagsterInstance.from_config(str(local_home)) as instance:
+        holder = add_run(instance, dg.DagsterRunStatus.STARTED)
+        assert claim(instance, holder, "raw_audit_events")
+        # Holding the slot with nobody waiting: nothing to say, however quiet.
+        assert find_stuck_slots(instance, stale_seconds=0) == []
+        waiter = add_run(instance, dg.DagsterRunStatus.STARTED)
+        assert not claim(instance, waiter, "raw_audit_events")
+        # Quiet for less than the threshold: a run that works may be silent for a while.
+        assert find_stuck_slots(instance, stale_seconds=3600) == []
+        (stuck,) = find_stuck_slots(instance, stale_seconds=0)
+        assert (stuck.run_id, stuck.step_key, stuck.status) == (holder, "raw_audit_events",
+                                                                "STARTED")
+        assert stuck.waiting == ((waiter, "raw_audit_events"),)
+        message = stuck.message()
+        assert holder in message and waiter in message
+        assert f"python scripts/free_pool_slots.py --run {holder}" in message
+
+
+def test_pool_watch_names_an_ended_holder_after_run_monitorings_grace(local_home: Path) -> None:
+    import dagster as dg
+
+    from pigment_audit_assets.defs.pool_watch import ENDED_GRACE_SECONDS, find_stuck_slots
+
+    with dg.DagsterInstance.from_config(str(local_home)) as instance:
+        holder = add_run(instance, dg.DagsterRunStatus.STARTED)
+        assert claim(instance, holder, "audit_events_import")
+        instance.report_run_failed(instance.get_run_by_id(holder), message="worker gone")
+        ended = instance.get_run_record_by_id(holder).end_time
+        free_after = instance.run_monitoring_settings["free_slots_after_run_end_seconds"]
+        # Within run monitoring's own delay (it frees slots of ended runs): not yet.
+        assert find_stuck_slots(instance, now=ended + free_after) == []
+        (stuck,) = find_stuck_slots(instance, now=ended + free_after + ENDED_GRACE_SECONDS + 1)
+        assert (stuck.run_id, stuck.status) == (holder, "FAILURE")
+        assert "which ended (FAILURE)" in stuck.message()
+
+
+def test_pool_watch_sensor_warns_once_in_the_waiting_run_and_the_script_frees_the_slot(
+        local_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import dagster as dg
+
+    from pigment_audit_assets.defs.pool_watch import STALE_VARIABLE, pigment_pool_watch
+
+    monkeypatch.setenv(STALE_VARIABLE, "0")
+    with dg.DagsterInstance.from_config(str(local_home)) as instance:
+        storage = instance.event_log_storage
+        holder = add_run(instance, dg.DagsterRunStatus.STARTED)
+        waiter = add_run(instance, dg.DagsterRunStatus.STARTED)
+        assert claim(instance, holder, "raw_audit_events")
+        assert not claim(instance, waiter, "raw_audit_events")
+
+        def warnings_in_waiter() -> list[Any]:
+            return [entry for entry in instance.all_logs(waiter)
+                    if entry.level == logging.WARNING and holder in entry.message]
+
+        cursor = None
+        for _ in range(2):  # two ticks: the waiting run is told once
+            context = dg.build_sensor_context(instance=instance, cursor=cursor)
+            with caplog.at_level(logging.WARNING):
+                result = pigment_pool_watch(context)
+            assert isinstance(result, dg.SkipReason)
+            assert holder in (result.skip_message or "")
+            cursor = context.cursor
+            assert len(warnings_in_waiter()) == 1
+        assert any(record.levelno == logging.WARNING and holder in record.getMessage()
+                   for record in caplog.records)
+        command = f"python scripts/free_pool_slots.py --run {holder}"
+        assert command in warnings_in_waiter()[0].message
+
+        # The documented command, as a user would run it: the slot goes to the waiting step.
+        env = {**os.environ, "DAGSTER_HOME": str(local_home)}
+        shown = subprocess.run([sys.executable, str(FREE_SCRIPT)], env=env, cwd=REPOSITORY,
+                               capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert f"held by run {holder} step raw_audit_events (STARTED)" in shown.stdout
+        assert f"waiting: run {waiter} step raw_audit_events" in shown.stdout
+        freed = subprocess.run([sys.executable, *shlex.split(command)[1:], "--pool", POOL],
+                               env=env, cwd=REPOSITORY, capture_output=True, text=True,
+                               timeout=120)
+        assert freed.returncode == 0, freed.stderr
+        info = storage.get_concurrency_info(POOL)
+        assert [slot.run_id for slot in info.claimed_slots] == []
+        assert [(step.run_id, step.assigned_timestamp is not None)
+                for step in info.pending_steps] == [(waiter, True)]
+        assert claim(instance, waiter, "raw_audit_events")
+        assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.FAILURE
+        result = pigment_pool_watch(dg.build_sensor_context(instance=instance, cursor=cursor))
+        assert holder not in (result.skip_message or "")
