@@ -15,6 +15,7 @@ import contextlib
 import csv
 import itertools
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -707,8 +708,6 @@ def test_pool_watch_names_an_ended_holder_after_run_monitorings_grace(local_home
 def test_pool_watch_sensor_warns_once_in_the_waiting_run_and_the_script_frees_the_slot(
         local_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import logging
-
     import dagster as dg
 
     from pigment_audit_assets.defs.pool_watch import STALE_VARIABLE, pigment_pool_watch
@@ -758,3 +757,91 @@ def test_pool_watch_sensor_warns_once_in_the_waiting_run_and_the_script_frees_th
         assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.FAILURE
         result = pigment_pool_watch(dg.build_sensor_context(instance=instance, cursor=cursor))
         assert holder not in (result.skip_message or "")
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_keeps_its_slot_until_the_documented_command_frees_it(
+        local_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `dagster asset materialize` of a day; the first killed with kill -9 in its pool step."""
+    import signal
+
+    import dagster as dg
+
+    from pigment_audit_assets.defs.pool_watch import STALE_VARIABLE, pigment_pool_watch
+    from pigment_audit_assets_tests.stand_in import Fault
+
+    day = TODAY - timedelta(days=6)
+    now = datetime.combine(TODAY - timedelta(days=1), dtime(12), tzinfo=UTC)
+    data = tmp_path / "data"
+    with PigmentStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY,
+                        configuration_ids=(CONFIGURATION_ID,), page_size=100,
+                        now=now) as pigment:
+        pigment.add_events(synthetic_events(day, 120, seed=day.toordinal()))
+        # The first scan's first page takes 25 s: the step holds the slot meanwhile.
+        pigment.inject(Fault("slow", endpoint="audit", delay=25.0))
+        env = {**os.environ, "DAGSTER_HOME": str(local_home),
+               "PIGMENT_AUDIT_API_KEY": AUDIT_KEY, "PIGMENT_IMPORT_API_KEY": IMPORT_KEY,
+               "PIGMENT_IMPORT_CONFIGURATION_ID": CONFIGURATION_ID,
+               "PIGMENT_BASE_URL": pigment.base_url, "PIGMENT_AUDIT_STORAGE_URL": str(data),
+               "PIGMENT_AUDIT_START_DATE": (TODAY - timedelta(days=30)).isoformat(),
+               "PIGMENT_AUDIT_TIMEZONE": "UTC"}
+        command = [executable("dagster"), "asset", "materialize", "-m",
+                   "pigment_audit_assets.definitions", "--select", "raw_audit_events",
+                   "--partition", day.isoformat()]
+        first = spawn(command, env, tmp_path / "first.log")
+        second: subprocess.Popen[bytes] | None = None
+        try:
+            with dg.DagsterInstance.from_config(str(local_home)) as instance:
+                storage = instance.event_log_storage
+
+                def holders() -> list[str]:
+                    return [slot.run_id for slot in storage.get_concurrency_info(POOL)
+                            .claimed_slots]
+
+                holder = poll(lambda: (holders() or [None])[0], "a run holding the slot",
+                              tmp_path / "first.log")
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait(timeout=30)
+                assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.STARTED
+
+                second = spawn(command, env, tmp_path / "second.log")
+                waiter = poll(lambda: next((step.run_id for step in
+                                            storage.get_concurrency_info(POOL).pending_steps
+                                            if step.run_id != holder), None),
+                              "the second run waiting for the slot", tmp_path / "second.log")
+                assert second.poll() is None and holders() == [holder]
+
+                # The sensor names the killed run, in its tick and in the waiting run's log.
+                monkeypatch.setenv(STALE_VARIABLE, "0")
+                result = pigment_pool_watch(dg.build_sensor_context(instance=instance))
+                assert holder in (result.skip_message or "")
+                told = [entry.message for entry in instance.all_logs(waiter)
+                        if entry.level == logging.WARNING and holder in entry.message]
+                assert len(told) == 1 and "free_pool_slots.py --run" in told[0]
+
+                freed = subprocess.run([sys.executable, str(FREE_SCRIPT), "--run", holder],
+                                       env=env, cwd=REPOSITORY, capture_output=True,
+                                       text=True, timeout=120)
+                assert freed.returncode == 0, freed.stdout + freed.stderr
+                assert second.wait(timeout=RUNS_SECONDS) == 0, (
+                    (tmp_path / "second.log").read_text(errors="replace")[-4000:])
+                assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.FAILURE
+                assert instance.get_run_by_id(waiter).status == dg.DagsterRunStatus.SUCCESS
+                assert holders() == []
+            assert sorted(raw_ids(data, day)) == truth_ids(pigment, day)
+        finally:
+            for process in (first, second):
+                if process is not None:
+                    stop(process)
+
+
+def poll(probe: Any, what: str, log_path: Path) -> Any:
+    """probe() until it gives something (bounded)."""
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.2)  # polling interval
+    pytest.fail(f"no {what} within {READY_SECONDS:.0f} s:\n"
+                f"{log_path.read_text(errors='replace')[-4000:]}")
