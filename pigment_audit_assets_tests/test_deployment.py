@@ -360,7 +360,6 @@ def test_the_kubernetes_job_the_launcher_builds_from_the_values(tmp_path: Path) 
 
 # --- The production instance for real (slow) ------------------------------------------------
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 READY_SECONDS = 180.0
 RUNS_SECONDS = 480.0
 # Two backfills of two days each, launched at once: four days, two runs, one Pigment pool slot.
