@@ -459,6 +459,19 @@ def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def compose_command(service: str, home: Path, port: int) -> list[str]:
+    """A compose service's command, for this machine: loopback, a free port, this DAGSTER_HOME."""
+    command = list(load("docker-compose.yaml")["services"][service]["command"])
+    replacements = {"-h": "127.0.0.1", "-p": str(port)}
+    for index, argument in enumerate(command[:-1]):
+        if argument == "-w":
+            assert command[index + 1] == "/opt/dagster/dagster_home/workspace.yaml"
+            command[index + 1] = str(home / "workspace.yaml")
+        elif argument in replacements:
+            command[index + 1] = replacements[argument]
+    return command
+
+
 def wait_for_code_server(port: int, env: dict[str, str], process: subprocess.Popen[bytes],
                          log_path: Path) -> None:
     """`dagster api grpc-health-check` until it answers SERVING (bounded)."""
@@ -520,11 +533,11 @@ def services(postgres: Postgres, slow_pigment: PigmentStandIn,
         command = code_server_command("127.0.0.1", code_port)
         processes.append(spawn([executable(command[0]), *command[1:]], env, logs[0]))
         wait_for_code_server(code_port, env, processes[0], logs[0])
-        workspace = str(home / "workspace.yaml")
-        processes.append(spawn([executable("dagster-webserver"), "-h", "127.0.0.1",
-                                "-p", str(web_port), "-w", workspace], env, logs[1]))
-        processes.append(spawn([executable("dagster-daemon"), "run", "-w", workspace],
-                               env, logs[2]))
+        # The webserver's and the daemon's commands of docker-compose.yaml, with the address on
+        # loopback and the workspace file of this DAGSTER_HOME.
+        for name, log_path in (("webserver", logs[1]), ("daemon", logs[2])):
+            command = compose_command(name, home, web_port)
+            processes.append(spawn([executable(command[0]), *command[1:]], env, log_path))
         webserver = DagsterDev(f"http://127.0.0.1:{web_port}", processes[1], logs[1])
         yield Services(home, data, [*logs, postgres.log_path], webserver)
     finally:
