@@ -459,6 +459,27 @@ def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+SENSOR_TICKS = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status ticks(limit: 5) { status skipReason error { message } } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def pool_watch_ticks(services: Services) -> list[dict[str, Any]]:
+    """The pool watch's latest ticks, over GraphQL (the daemon evaluates it in the code server)."""
+    selector = {"repositoryLocationName": "pigment_audit_assets",
+                "repositoryName": "__repository__", "sensorName": "pigment_pool_watch"}
+    answer = services.webserver.graphql(SENSOR_TICKS, {"selector": selector})["sensorOrError"]
+    assert answer["__typename"] == "Sensor", answer
+    assert answer["sensorState"]["status"] == "RUNNING"
+    return list(answer["sensorState"]["ticks"])
+
+
 def compose_command(service: str, home: Path, port: int) -> list[str]:
     """A compose service's command, for this machine: loopback, a free port, this DAGSTER_HOME."""
     command = list(load("docker-compose.yaml")["services"][service]["command"])
@@ -625,6 +646,12 @@ def test_production_instance_runs_two_backfills_one_pool_step_at_a_time(
     assert len(intervals) == 2 * len(POOL_STEPS), intervals
     for (_, end, before), (start, _, after) in itertools.pairwise(intervals):
         assert end <= start, f"{before} ended at {end}, after {after} started at {start}"
+
+    # The pool watch runs on this instance (on by default) and found nothing to report.
+    ticks = poll(lambda: pool_watch_ticks(services), "tick of the pool watch",
+                 services.logs[2])
+    assert {tick["status"] for tick in ticks} == {"SKIPPED"}, ticks
+    assert "held by a live run, or free" in ticks[0]["skipReason"]
 
     # No key or database password in the logs, the files under DAGSTER_HOME, the data, the
     # event log or the run records.
