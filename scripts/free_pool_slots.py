@@ -35,7 +35,8 @@ def describe(instance, pool: str) -> str:
         state = "assigned" if step.assigned_timestamp else "waiting"
         lines.append(f"  {state}: run {step.run_id} step {step.step_key}")
     for stuck in find_stuck_slots(instance, pool, stale_seconds=0):
-        lines.append(f"  looks gone: run {stuck.run_id}: free it with `{stuck.command}`")
+        lines.append(f"  run {stuck.run_id} ended or is silent while steps wait: if its "
+                     f"process is gone, free its slot with `{stuck.command}`")
     return "\n".join(lines)
 
 
