@@ -441,6 +441,7 @@ class Services:
     data: Path
     logs: list[Path]
     webserver: DagsterDev
+    env: dict[str, str]
 
     def log_tail(self) -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
@@ -560,7 +561,7 @@ def services(postgres: Postgres, slow_pigment: PigmentStandIn,
             command = compose_command(name, home, web_port)
             processes.append(spawn([executable(command[0]), *command[1:]], env, log_path))
         webserver = DagsterDev(f"http://127.0.0.1:{web_port}", processes[1], logs[1])
-        yield Services(home, data, [*logs, postgres.log_path], webserver)
+        yield Services(home, data, [*logs, postgres.log_path], webserver, env)
     finally:
         for process in reversed(processes):
             stop(process)
@@ -884,3 +885,57 @@ def poll(probe: Any, what: str, log_path: Path) -> Any:
         time.sleep(0.2)  # polling interval
     pytest.fail(f"no {what} within {READY_SECONDS:.0f} s:\n"
                 f"{log_path.read_text(errors='replace')[-4000:]}")
+
+
+TERMINATE = """
+mutation Terminate($runId: String!) {
+  terminateRun(runId: $runId, terminatePolicy: MARK_AS_CANCELED_IMMEDIATELY) {
+    __typename
+    ... on TerminateRunSuccess { run { status } }
+    ... on TerminateRunFailure { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+@pytest.mark.slow
+def test_force_termination_frees_a_killed_runs_slot_through_run_monitoring(
+        services: Services, slow_pigment: PigmentStandIn, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI's way on the production instance: force termination, then run monitoring."""
+    import signal
+
+    import dagster as dg
+
+    from pigment_audit_assets_tests.stand_in import Fault
+
+    for variable in PG_VARIABLES:  # this process opens the instance too
+        monkeypatch.setenv(variable, services.env[variable])
+    slow_pigment.inject(Fault("slow", endpoint="audit", delay=25.0))
+    log_path = tmp_path / "killed.log"
+    killed = spawn([executable("dagster"), "asset", "materialize", "-m",
+                    "pigment_audit_assets.definitions", "--select", "raw_audit_events",
+                    "--partition", SLOW_DAYS[0].isoformat()], services.env, log_path)
+    try:
+        with dg.DagsterInstance.from_config(str(services.home)) as instance:
+            def holders() -> list[str]:
+                return [slot.run_id for slot in
+                        instance.event_log_storage.get_concurrency_info(POOL).claimed_slots]
+
+            holder = poll(lambda: (holders() or [None])[0], "a run holding the slot", log_path)
+            os.killpg(killed.pid, signal.SIGKILL)
+            killed.wait(timeout=30)
+            wait_until_ready(services.webserver)
+            answer = services.webserver.graphql(TERMINATE, {"runId": holder})["terminateRun"]
+            assert answer == {"__typename": "TerminateRunSuccess",
+                              "run": {"status": "CANCELED"}}, answer
+            assert holders() == [holder]  # the slot stays until run monitoring frees it
+            monitoring = load("dagster.yaml")["run_monitoring"]
+            deadline = time.monotonic() + (monitoring["free_slots_after_run_end_seconds"]
+                                           + 3 * monitoring["poll_interval_seconds"] + 60)
+            while holders() and time.monotonic() < deadline:
+                time.sleep(1)  # polling interval while the daemon's run monitoring works
+            assert holders() == [], services.log_tail()
+    finally:
+        stop(killed)
