@@ -1,13 +1,22 @@
-"""The ``Definitions`` that ``workspace.yaml`` loads, configured from the environment."""
+"""The ``Definitions`` that ``workspace.yaml``, ``[tool.dagster]`` and ``[tool.dg]`` load.
+
+Either the Pigment workspaces declared in YAML in the defs folder (``PigmentAuditComponent``,
+README "Several workspaces"), or, when there is none, the single workspace configured from the
+environment, exactly as before components existed: same asset keys, job, schedule, resource.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import dagster as dg
 
 from .defs.assets import GROUP, build_assets
+from .defs.component import load_workspaces
 from .defs.partitions import START_DATE_VARIABLE, TIMEZONE_VARIABLE, daily_partitions
 from .defs.pool_watch import pool_watch_definitions
 from .defs.resources import CONFIGURATION_VARIABLE, PigmentResource
@@ -47,7 +56,24 @@ def build_resource() -> Any:
     )
 
 
-def build_definitions() -> dg.Definitions:
+def build_definitions(defs_module: ModuleType | None = None,
+                      project_root: Path | None = None) -> dg.Definitions:
+    """The YAML workspaces of ``defs_module``'s folder, or the environment's one workspace.
+
+    ``defs_module`` defaults to this project's ``pigment_audit_assets.defs``; another project
+    that uses the component passes its own defs module and root.
+    """
+    if defs_module is None:
+        defs_module = importlib.import_module(f"{__package__}.defs")
+        project_root = Path(__file__).resolve().parent.parent
+    workspaces = load_workspaces(defs_module, project_root or Path.cwd())
+    if workspaces is not None:
+        # In one process, as the single workspace's job (see build_environment_definitions).
+        return dg.Definitions.merge(workspaces, dg.Definitions(executor=dg.in_process_executor))
+    return build_environment_definitions()
+
+
+def build_environment_definitions() -> dg.Definitions:
     """Assets, checks, job, schedule and resource for the environment's settings."""
     partitions_def = daily_partitions(os.environ.get(START_DATE_VARIABLE),
                                       os.environ.get(TIMEZONE_VARIABLE) or "UTC")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -27,6 +29,17 @@ log = logging.getLogger("pigment_audit_tests")
 PARTITIONS = dg.DailyPartitionsDefinition(start_date=(TODAY - timedelta(days=60)).isoformat(),
                                           end_offset=0)
 ASSETS = build_assets(PARTITIONS)
+
+
+@pytest.fixture(autouse=True)
+def scratch(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own scratch folder (``PIGMENT_AUDIT_SCRATCH_DIR``), so tests can look in it;
+    and no cloud SDK default that could reach past loopback (the instance metadata service)."""
+    folder = tmp_path_factory.mktemp("scratch")
+    monkeypatch.setenv("PIGMENT_AUDIT_SCRATCH_DIR", str(folder))
+    monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return folder
 
 
 def days_before(day: date, count: int) -> list[date]:
@@ -68,3 +81,46 @@ def resource_settings(stand_in: PigmentStandIn, root: Path, **overrides: Any) ->
     }
     settings.update(overrides)
     return settings
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible HTTP server on 127.0.0.1 (moto's server), for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+S3_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY":
+                  "test-secret-key-3c9e1a", "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3_url(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+           request: pytest.FixtureRequest) -> str:
+    """``s3://<a new bucket>/audit`` on the moto server, with the standard AWS variables set."""
+    import boto3
+
+    for name, value in {**S3_ENVIRONMENT, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"test-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket)
+    return f"s3://{bucket}/audit"
+
+
+def s3_client(endpoint: str) -> Any:
+    """A boto3 client of the test server, to look at what the project stored (tests only)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=S3_ENVIRONMENT["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"])

@@ -276,6 +276,10 @@ class PigmentStandIn:
         self.request_counts: Counter[str] = Counter()
         self.requests_log: list[RequestRecord] = []
         self.imports: list[ImportRecord] = []
+        # Cleared by a test to hold pushes that arrive (counted in push_arrivals) until set.
+        self.push_gate = threading.Event()
+        self.push_gate.set()
+        self.push_arrivals = 0
 
         self._lock = threading.RLock()
         self._now = None if now is None else _aware(now, "now")
@@ -590,6 +594,9 @@ class PigmentStandIn:
             return _error(400, "Bad request: the body is empty")
         if size > self.max_push_bytes:
             return _error(400, "Bad request or size limit exceeded")
+        with self._lock:
+            self.push_arrivals += 1
+        self.push_gate.wait(timeout=120)
         inserted, errors = _count_csv_records(body)
         now = self.now()
         with self._lock:

@@ -15,7 +15,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.defs.assets import FORCE_REPUSH_TAG
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets_tests.conftest import (
@@ -65,7 +65,7 @@ def test_one_day_end_to_end(stand_in: PigmentStandIn, resource: PigmentResource,
         stand_in.add_events(synthetic_events(day, 150, seed=day.toordinal()))
     result = run(resource, day=DAY.isoformat())
     assert result.success
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     truth = sorted(event["id"] for event in stand_in.visible_events(event_day=DAY))
     raw_ids = [orjson.loads(line)["id"] for line in storage.raw_path(DAY).read_bytes().splitlines()]
     assert sorted(raw_ids) == truth
@@ -115,7 +115,7 @@ def test_an_empty_day_is_a_normal_outcome(stand_in: PigmentStandIn, resource: Pi
     stand_in.add_events(synthetic_events(DAY - timedelta(days=1), 20, seed=2))
     result = run(resource, day=DAY.isoformat())
     assert result.success
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     assert storage.raw_path(DAY).read_bytes() == storage.csv_path(DAY).read_bytes() == b""
     assert stand_in.request_counts["push"] == 0
     assert by_partition(result, "raw_audit_events")[DAY.isoformat()]["empty_day"] is True
@@ -128,7 +128,7 @@ def test_rerun_gives_the_same_files_and_pushes_nothing_twice(stand_in: PigmentSt
                                                              tmp_path: Path) -> None:
     stand_in.add_events(synthetic_events(DAY, 200, seed=5))
     run(resource, day=DAY.isoformat())
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     first = (storage.raw_path(DAY).read_bytes(), storage.csv_path(DAY).read_bytes())
     pushes = stand_in.request_counts["push"]
     result = run(resource, day=DAY.isoformat())
@@ -152,7 +152,7 @@ def test_a_failed_import_fails_and_its_events_are_pushed_again(stand_in: Pigment
     stand_in.fail_next_imports(1)
     failed = run(resource, day=DAY.isoformat(), raise_on_error=False)
     assert not failed.success
-    record = orjson.loads(Storage(tmp_path).import_record_path(DAY).read_bytes())
+    record = orjson.loads(LocalStorage(tmp_path).import_record_path(DAY).read_bytes())
     assert [entry["status"] for entry in record["imports"]] == ["Failed"]
     retried = run(resource, day=DAY.isoformat())
     assert by_partition(retried, "audit_events_import")[DAY.isoformat()]["rows_pushed"] == 50

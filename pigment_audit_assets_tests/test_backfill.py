@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.defs.assets import POOL
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets_tests.conftest import TODAY, days_before, resource_settings
@@ -61,7 +61,7 @@ def test_seven_days_in_one_launch_are_exact_at_one_scans_cost(
     for node in NODES:
         assert sorted(partition_metadata(result, node)) == keys, node
 
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     everything: list[str] = []
     for day in BACKFILL:
         truth = truth_ids(stand_in, day)
@@ -87,7 +87,7 @@ def test_seven_days_in_one_launch_are_exact_at_one_scans_cost(
 def test_a_day_beyond_180_days_fails_before_any_request_and_keeps_its_files(
         stand_in: PigmentStandIn, tmp_path: Path, ephemeral: dg.DagsterInstance) -> None:
     old = TODAY - timedelta(days=200)
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     kept = {storage.raw_path(old): b'{"id":"kept-1","eventTimestamp":"x"}\n',
             storage.csv_path(old): b"id\r\nkept-1\r\n",
             storage.import_record_path(old): b'{"day":"kept","imports":[]}'}

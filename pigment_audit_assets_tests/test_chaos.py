@@ -23,7 +23,7 @@ from dagster._core.storage.tags import (
 )
 
 from pigment_audit_assets.core.imports import ANSWER_LOST
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets_tests.conftest import (
     ASSETS,
@@ -84,7 +84,7 @@ def test_days_under_chaos_lose_nothing_and_double_nothing(
 
     result = materialize_range(resource, DAYS)
     assert result.success
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     faults = Counter((record.endpoint, record.status) for record in stand_in.requests_log)
     assert sum(count for (_, status), count in faults.items() if status == 429) > 0
     assert sum(count for (_, status), count in faults.items() if status is None) > 0  # resets
@@ -148,7 +148,7 @@ def test_a_push_whose_answer_is_lost_is_recorded_not_repeated(stand_in: PigmentS
     result = dg.materialize(ASSETS, resources={"pigment": resource},
                             partition_key=DAY.isoformat())
     assert result.success
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     pushed = Counter(row["id"] for row in stand_in.pushed_rows())
     assert pushed == Counter(csv_ids(storage.csv_path(DAY))) and max(pushed.values()) == 1
     record = orjson.loads(storage.import_record_path(DAY).read_bytes())

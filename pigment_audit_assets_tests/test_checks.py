@@ -10,7 +10,7 @@ import orjson
 
 from pigment_audit_assets.core.days import parse_zone
 from pigment_audit_assets.core.imports import ImportOutcome, save_record
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.core.table import write_csv
 from pigment_audit_assets.defs import checks
 from pigment_audit_assets.defs.resources import PigmentResource
@@ -39,7 +39,7 @@ def test_rejected_events_are_filed_counted_and_warned_without_blocking(
     result = dg.materialize(ASSETS, resources={"pigment": resource_for(stand_in, tmp_path)},
                             partition_key=DAY.isoformat())
     assert result.success
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     path = storage.rejected_path(DAY)
     assert "rejected" in path.name and DAY.isoformat() in path.name
     rejects = [orjson.loads(line) for line in path.read_bytes().splitlines()]
@@ -71,7 +71,7 @@ def test_the_blocking_checks_are_blocking() -> None:
                         "import_reports_cover_rows"}
 
 
-def write_raw(storage: Storage, events: list[dict]) -> None:
+def write_raw(storage: LocalStorage, events: list[dict]) -> None:
     path = storage.raw_path(DAY)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in events))
@@ -79,7 +79,7 @@ def write_raw(storage: Storage, events: list[dict]) -> None:
 
 def test_a_raw_file_with_a_duplicate_id_or_a_wrong_day_fails_the_raw_check(
         tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     events = synthetic_events(DAY, 5, seed=1)
     write_raw(storage, events)
     assert checks.check_raw_file(storage, DAY, UTC).passed
@@ -98,7 +98,7 @@ def test_a_raw_file_with_a_duplicate_id_or_a_wrong_day_fails_the_raw_check(
 
 
 def test_a_csv_that_lost_or_changed_rows_fails_the_csv_check(tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     events = synthetic_events(DAY, 6, seed=2)
     write_raw(storage, events)
     write_csv([storage.raw_path(DAY)], storage.csv_path(DAY))
@@ -117,12 +117,13 @@ def test_a_csv_that_lost_or_changed_rows_fails_the_csv_check(tmp_path: Path) -> 
 
 
 def test_an_import_whose_report_falls_short_is_named(tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
-    path = storage.import_record_path(DAY)
-    save_record(path, {"day": DAY.isoformat(), "imports": [
+    storage = LocalStorage(tmp_path)
+    record = {"day": DAY.isoformat(), "imports": [
         {"importId": "imp-ok", "configurationId": "c", "rows": 10, "eventIds": []},
-        {"importId": "imp-short", "configurationId": "c", "rows": 10, "eventIds": []}]})
-    outcome = ImportOutcome(day=DAY, record_path=path, reports={
+        {"importId": "imp-short", "configurationId": "c", "rows": 10, "eventIds": []}]}
+    save_record(storage, DAY, record)
+    outcome = ImportOutcome(day=DAY, record_path=storage.uri(storage.import_record_key(DAY)),
+                            record=record, reports={
         "imp-ok": {"insertedCount": 7, "updatedCount": 2, "skippedCount": 1},
         "imp-short": {"insertedCount": 7, "updatedCount": 0, "skippedCount": 1}})
     result = checks.check_import_reports(outcome)
@@ -136,7 +137,7 @@ def test_a_failed_blocking_check_stops_the_downstream_assets(stand_in: PigmentSt
                                                              tmp_path: Path) -> None:
     """A raw file already holding an event of another day: the scan keeps it, the check fails."""
     stand_in.add_events(synthetic_events(DAY, 30, seed=9))
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     write_raw(storage, synthetic_events(DAY - timedelta(days=1), 1, seed=9))
     result = dg.materialize(ASSETS, resources={"pigment": resource_for(stand_in, tmp_path)},
                             partition_key=DAY.isoformat(), raise_on_error=False)

@@ -42,11 +42,11 @@ def failures_of(stand_in: PigmentStandIn, root: Path, **overrides: Any) -> dict[
     ({"base_url": "ftp://pigment.app"}, "PIGMENT_BASE_URL"),
     ({"base_url": "https://"}, "PIGMENT_BASE_URL"),
     ({"timezone": "Mars/Olympus_Mons"}, "PIGMENT_AUDIT_TIMEZONE"),
-    ({"storage_url": "s3://bucket/audit"}, "PIGMENT_AUDIT_STORAGE_URL"),
+    ({"storage_url": "webdav://host/audit"}, "PIGMENT_AUDIT_STORAGE_URL"),
     ({"storage_url": " "}, "PIGMENT_AUDIT_STORAGE_URL"),
     ({"requests_per_window": 0}, "requests_per_window"),
     ({"retry_patience_seconds": 0}, "retry_patience_seconds"),
-], ids=["no-audit-key", "no-scheme", "ftp", "no-host", "zone", "s3", "blank-storage",
+], ids=["no-audit-key", "no-scheme", "ftp", "no-host", "zone", "webdav-storage", "blank-storage",
         "pace", "patience"])
 def test_a_bad_setting_stops_the_fetch_before_any_request(
         stand_in: PigmentStandIn, tmp_path: Path, overrides: dict[str, Any],

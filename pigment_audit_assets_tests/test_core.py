@@ -24,7 +24,7 @@ from pigment_audit_assets.core.days import (
 )
 from pigment_audit_assets.core.errors import ConfigError, LookbackError
 from pigment_audit_assets.core.flatten import flatten_event
-from pigment_audit_assets.core.storage import Storage, atomic_write
+from pigment_audit_assets.core.storage import LocalStorage, atomic_write, storage_from_url
 from pigment_audit_assets.core.table import write_csv
 from pigment_audit_assets_tests.synthetic import synthetic_events
 
@@ -253,16 +253,17 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> N
 
 
 def test_storage_layout_and_urls(tmp_path: Path) -> None:
-    storage = Storage.from_url(f"file://{tmp_path}")
+    storage = storage_from_url(f"file://{tmp_path}")
+    assert isinstance(storage, LocalStorage)
     day = date(2025, 9, 1)
     assert storage.raw_path(day) == tmp_path / "raw" / "2025-09-01.jsonl"
     assert storage.csv_path(day) == tmp_path / "csv" / "2025-09-01.csv"
     assert "rejected" in storage.rejected_path(day).name
     assert "2025-09-01" in storage.rejected_path(day).name
-    with pytest.raises(ConfigError, match=r"PIGMENT_AUDIT_STORAGE_URL.*s3://"):
-        Storage.from_url("s3://bucket/audit")
+    with pytest.raises(ConfigError, match=r"PIGMENT_AUDIT_STORAGE_URL.*ftp://.*s3://"):
+        storage_from_url("ftp://host/audit")
     with pytest.raises(ConfigError, match="PIGMENT_AUDIT_STORAGE_URL"):
-        Storage.from_url(" ")
+        storage_from_url(" ")
 
 
 def test_csv_writer_output_reads_back_with_csv_module(tmp_path: Path) -> None:

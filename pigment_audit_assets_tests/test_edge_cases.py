@@ -19,7 +19,7 @@ from pigment_audit_assets.core.errors import (
     PushAnswerLostError,
 )
 from pigment_audit_assets.core.imports import ImportOutcome, push_day, save_record
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage, remove_stale_scratch
 from pigment_audit_assets.core.table import write_csv
 from pigment_audit_assets.defs import checks
 from pigment_audit_assets.defs.resources import PigmentResource
@@ -74,13 +74,13 @@ def test_a_200_to_a_push_without_an_import_id_is_never_pushed_again(
 
 def test_an_import_pigment_forgot_is_recorded_not_fatal(stand_in: PigmentStandIn,
                                                        tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     events = synthetic_events(DAY, 6, seed=31)
     storage.raw_path(DAY).parent.mkdir(parents=True)
     storage.raw_path(DAY).write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
     write_csv([storage.raw_path(DAY)], storage.csv_path(DAY))
     # An earlier run pushed 2 events as an import Pigment no longer knows.
-    save_record(storage.import_record_path(DAY), {"day": DAY.isoformat(), "imports": [
+    save_record(storage, DAY, {"day": DAY.isoformat(), "imports": [
         {"importId": "forgotten-import", "configurationId": CONFIGURATION_ID, "chunk": 1,
          "rows": 2, "bytes": 10, "status": "Pushed",
          "eventIds": [events[0]["id"], events[1]["id"]]}]})
@@ -93,10 +93,12 @@ def test_an_import_pigment_forgot_is_recorded_not_fatal(stand_in: PigmentStandIn
 
 
 def test_metric_reports_are_not_compared_to_rows(tmp_path: Path) -> None:
-    path = Storage(tmp_path).import_record_path(DAY)
-    save_record(path, {"day": DAY.isoformat(), "imports": [
-        {"importId": "metric", "configurationId": "c", "rows": 10, "eventIds": []}]})
-    outcome = ImportOutcome(day=DAY, record_path=path, reports={
+    storage = LocalStorage(tmp_path)
+    record = {"day": DAY.isoformat(), "imports": [
+        {"importId": "metric", "configurationId": "c", "rows": 10, "eventIds": []}]}
+    save_record(storage, DAY, record)
+    outcome = ImportOutcome(day=DAY, record_path=storage.uri(storage.import_record_key(DAY)),
+                            record=record, reports={
         "metric": {"blockType": "Metric", "insertedCount": 240, "updatedCount": 0,
                    "skippedCount": 0}})
     result = checks.check_import_reports(outcome)
@@ -106,20 +108,25 @@ def test_metric_reports_are_not_compared_to_rows(tmp_path: Path) -> None:
     assert checks.check_import_reports(outcome).severity == dg.AssetCheckSeverity.ERROR
 
 
-def test_stale_scratch_of_killed_runs_is_removed(tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
-    old_spool = storage.work_dir("scan-dead") / "spool.sqlite"
+def test_stale_scratch_of_killed_runs_is_removed(tmp_path: Path, scratch: Path) -> None:
+    storage = LocalStorage(tmp_path / "data")
+    old_spool = scratch / "scan-123-dead" / "spool.sqlite"
+    old_spool.parent.mkdir()
     old_spool.write_bytes(b"x")
-    old_temp = tmp_path / "raw" / ".2025-09-01.jsonl.123.abcd.tmp"
-    old_temp.parent.mkdir()
+    old_temp = tmp_path / "data" / "raw" / ".2025-09-01.jsonl.123.abcd.tmp"
+    old_temp.parent.mkdir(parents=True)
     old_temp.write_bytes(b"half")
-    fresh = storage.work_dir("scan-running")
-    kept = tmp_path / "raw" / "2025-09-01.jsonl"
+    fresh = scratch / "scan-456-running"
+    fresh.mkdir()
+    unsaved = scratch / "unsaved-imports"
+    unsaved.mkdir()
+    kept = tmp_path / "data" / "raw" / "2025-09-01.jsonl"
     kept.write_bytes(b"{}\n")
     long_ago = time.time() - 7 * 3600
-    for path in (old_spool.parent, old_temp, kept):
+    for path in (old_spool.parent, old_temp, kept, unsaved):
         os.utime(path, (long_ago, long_ago))
-    removed = storage.remove_stale_scratch()
-    assert sorted(removed) == sorted([old_spool.parent, old_temp])
+    assert remove_stale_scratch() == [old_spool.parent]
+    assert storage.remove_stale_temporaries() == [old_temp]
     assert not old_spool.parent.exists() and not old_temp.exists()
-    assert fresh.exists() and kept.read_bytes() == b"{}\n"
+    # A running step's folder, the journal of unsaved imports and the data stay.
+    assert fresh.exists() and unsaved.exists() and kept.read_bytes() == b"{}\n"

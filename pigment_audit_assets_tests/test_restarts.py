@@ -25,7 +25,7 @@ import pytest
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.days import parse_zone
 from pigment_audit_assets.core.imports import push_day
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.core.table import write_csv
 from pigment_audit_assets_tests.conftest import (
     AUDIT_KEY,
@@ -49,14 +49,14 @@ from pigment_audit_assets.core.client import PigmentClient, RequestPacer, RetryP
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.days import parse_zone
 from pigment_audit_assets.core.imports import push_day
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 
 args = json.loads(sys.argv[1])
 log = logging.getLogger("child")
 client = PigmentClient(args["base_url"], audit_key=args["audit_key"],
                        import_key=args["import_key"], timeout_seconds=60,
                        retry=RetryPolicy(5, 0.01, 0.1), pacer=RequestPacer(10_000, 1.0), log=log)
-storage = Storage(args["root"])
+storage = LocalStorage(args["root"])
 day = date.fromisoformat(args["day"])
 if args["mode"] == "fetch":
     fetch_days(client, [day], parse_zone("UTC"), storage,
@@ -151,7 +151,7 @@ def assert_all_whole(root: Path) -> None:
 
 
 def test_kill_during_the_fetch_then_rerun(holding: HoldingStandIn, tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     first = synthetic_events(DAY, 150, seed=31)
     holding.add_events(first)
     fetch_days(make_client(holding), [DAY], parse_zone("UTC"), storage, now=STAND_IN_NOW,
@@ -176,8 +176,8 @@ def test_kill_during_the_fetch_then_rerun(holding: HoldingStandIn, tmp_path: Pat
     assert_all_whole(tmp_path)
 
 
-def prepared_csv(stand_in: PigmentStandIn, root: Path) -> tuple[Storage, list[str]]:
-    storage = Storage(root)
+def prepared_csv(stand_in: PigmentStandIn, root: Path) -> tuple[LocalStorage, list[str]]:
+    storage = LocalStorage(root)
     stand_in.add_events(synthetic_events(DAY, 300, seed=33))
     fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage, now=STAND_IN_NOW,
                log=log)
@@ -239,7 +239,7 @@ with atomic_write(Path(sys.argv[1]), "wb") as handle:
 
 
 def test_kill_in_the_middle_of_a_file_write_leaves_the_old_file(tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     path = storage.raw_path(DAY - timedelta(days=1))
     path.parent.mkdir(parents=True)
     path.write_bytes(b'{"id": "old-1"}\n')

@@ -13,7 +13,7 @@ from pigment_audit_assets.core import collect
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.days import parse_zone
 from pigment_audit_assets.core.errors import LookbackError, PigmentApiError
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.core.table import CsvTable, write_csv
 from pigment_audit_assets_tests.conftest import (
     AUDIT_KEY,
@@ -44,7 +44,7 @@ def test_each_day_holds_exactly_its_events(order: str, tmp_path: Path) -> None:
     with PigmentStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY, page_size=50, order=order,
                         now=STAND_IN_NOW) as stand_in:
         fill(stand_in, neighbours, 120)
-        storage = Storage(tmp_path)
+        storage = LocalStorage(tmp_path)
         wanted = [DAY - timedelta(days=1), DAY]
         scan = fetch_days(make_client(stand_in), wanted, parse_zone("UTC"), storage,
                           now=STAND_IN_NOW, log=log)
@@ -65,7 +65,7 @@ def test_each_day_holds_exactly_its_events(order: str, tmp_path: Path) -> None:
 def test_days_follow_the_configured_zone(stand_in: PigmentStandIn, tmp_path: Path) -> None:
     tz = "Asia/Kolkata"
     fill(stand_in, days_before(DAY + timedelta(days=1), 3), 80, tz=tz)
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     fetch_days(make_client(stand_in), [DAY], parse_zone(tz), storage, now=STAND_IN_NOW,
                log=log)
     truth = sorted(event["id"] for event in stand_in.visible_events(event_day=DAY, tz=tz))
@@ -77,7 +77,7 @@ def test_duplicates_across_pages_are_written_once(stand_in: PigmentStandIn,
     events = synthetic_events(DAY, 250, seed=1)
     stand_in.add_events(events)
     stand_in.add_events(events[:120])  # served twice, on other pages
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
                       now=STAND_IN_NOW, log=log)
     ids = load_ids(storage.raw_path(DAY))
@@ -96,7 +96,7 @@ def test_raw_lines_are_the_api_events_unchanged(stand_in: PigmentStandIn,
                                                 tmp_path: Path) -> None:
     events = synthetic_events(DAY, 60, seed=4)
     stand_in.add_events(events)
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage, now=STAND_IN_NOW,
                log=log)
     stored = {event["id"]: event
@@ -106,7 +106,7 @@ def test_raw_lines_are_the_api_events_unchanged(stand_in: PigmentStandIn,
 
 def test_an_empty_day_gives_an_empty_file(stand_in: PigmentStandIn, tmp_path: Path) -> None:
     fill(stand_in, [DAY - timedelta(days=1), DAY + timedelta(days=1)], 30)
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
                       now=STAND_IN_NOW, log=log)
     assert storage.raw_path(DAY).read_bytes() == b""
@@ -117,14 +117,14 @@ def test_a_cursor_on_the_last_page_still_ends_the_scan(tmp_path: Path) -> None:
     with PigmentStandIn(audit_key=AUDIT_KEY, page_size=40, cursor_on_last_page=True,
                         now=STAND_IN_NOW) as stand_in:
         fill(stand_in, [DAY], 100)
-        storage = Storage(tmp_path)
+        storage = LocalStorage(tmp_path)
         fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
                    now=STAND_IN_NOW, log=log)
         assert len(load_ids(storage.raw_path(DAY))) == 100
 
 
 def test_events_stored_earlier_are_kept(stand_in: PigmentStandIn, tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     earlier = synthetic_events(DAY, 5, seed=77, id_prefix="old-")
     storage.raw_path(DAY).parent.mkdir(parents=True)
     storage.raw_path(DAY).write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in earlier))
@@ -138,7 +138,7 @@ def test_events_stored_earlier_are_kept(stand_in: PigmentStandIn, tmp_path: Path
 
 def test_lookback_guard_fails_before_any_request(stand_in: PigmentStandIn,
                                                  tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     old_day = (datetime.now(timezone.utc) - timedelta(days=200)).date()
     storage.raw_path(old_day).parent.mkdir(parents=True)
     storage.raw_path(old_day).write_bytes(b'{"id": "kept"}\n')
@@ -153,7 +153,7 @@ def test_wrong_key_fails_at_once_naming_the_variable(stand_in: PigmentStandIn,
                                                      tmp_path: Path) -> None:
     client = make_client(stand_in, audit_key="not-the-key-123")
     with pytest.raises(PigmentApiError, match=r"PIGMENT_AUDIT_API_KEY.*Security Admin") as error:
-        fetch_days(client, [DAY], parse_zone("UTC"), Storage(tmp_path), now=STAND_IN_NOW,
+        fetch_days(client, [DAY], parse_zone("UTC"), LocalStorage(tmp_path), now=STAND_IN_NOW,
                    log=log)
     assert "not-the-key-123" not in str(error.value) and "not-the-key-123" not in repr(client)
     assert stand_in.request_counts["audit"] == 1
@@ -181,7 +181,7 @@ def test_a_table_filled_during_the_scan_gives_the_csv_of_the_raw_files(
          **{f"f{number}": number for number in range(1500)}},
     ]
     stand_in.add_events(odd)
-    storage = Storage(tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
     earlier = synthetic_events(DAY, 5, seed=77, id_prefix="old-")  # kept from a previous scan
     storage.raw_path(DAY).parent.mkdir(parents=True)
     storage.raw_path(DAY).write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in earlier))

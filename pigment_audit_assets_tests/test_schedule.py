@@ -7,6 +7,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import orjson
 import pytest
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -15,8 +16,9 @@ from dagster._core.storage.tags import (
 
 from pigment_audit_assets.core.days import AUDIT_LOOKBACK, day_start, parse_zone
 from pigment_audit_assets.core.errors import ConfigError
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.definitions import build_definitions
+from pigment_audit_assets.defs.assets import FULL_RESCAN_TAG, INCREMENTAL, SCAN_TAG
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets.defs.schedules import (
     HOUR_VARIABLE,
@@ -44,8 +46,15 @@ from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
 
 
+def test_utc_tick_asks_for_yesterday_by_default() -> None:
+    request = one_request(definitions(date(2025, 1, 1)), datetime(2025, 9, 15, 4, tzinfo=UTC))
+    assert (request.tags[ASSET_PARTITION_RANGE_START_TAG],
+            request.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("2025-09-14", "2025-09-14")
+    assert request.tags[SCAN_TAG] == INCREMENTAL and FULL_RESCAN_TAG not in request.tags
+
+
 def test_utc_tick_asks_for_yesterday_and_the_lookback_days() -> None:
-    defs = definitions(date(2025, 1, 1))
+    defs = definitions(date(2025, 1, 1), lookback_days=4)
     at = datetime(2025, 9, 15, 4, tzinfo=UTC)
     requests = evaluate(defs, at)
     assert isinstance(requests, list) and len(requests) == 1
@@ -53,6 +62,7 @@ def test_utc_tick_asks_for_yesterday_and_the_lookback_days() -> None:
     assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == "2025-09-11"
     assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == "2025-09-14"
     assert request.run_key == "2025-09-14"
+    assert request.tags[FULL_RESCAN_TAG] == "2025-09-11"  # re-scanned in full from there
     assert request.tags["dagster/schedule_name"] == SCHEDULE
     schedule = defs.resolve_schedule_def(SCHEDULE)
     assert schedule.cron_schedule == "0 4 * * *"
@@ -78,7 +88,7 @@ def test_utc_tick_asks_for_yesterday_and_the_lookback_days() -> None:
 )
 def test_non_utc_tick_uses_the_partitions_zone(zone: str, local_tick: datetime,
                                                expected: tuple[str, str]) -> None:
-    defs = definitions(date(2025, 1, 1), zone)
+    defs = definitions(date(2025, 1, 1), zone, lookback_days=4)
     tick = local_tick.replace(tzinfo=ZoneInfo(zone))
     assert defs.resolve_schedule_def(SCHEDULE).execution_timezone == zone
     assert requested_range(defs, tick) == expected
@@ -99,7 +109,7 @@ def test_hour_and_lookback_are_configurable() -> None:
 
 
 def test_range_is_clipped_to_the_first_partition_and_skips_before_it() -> None:
-    defs = definitions(date(2025, 9, 13))
+    defs = definitions(date(2025, 9, 13), lookback_days=4)
     assert requested_range(defs, datetime(2025, 9, 15, 4, tzinfo=UTC)) == (
         "2025-09-13", "2025-09-14")
     assert requested_range(defs, datetime(2025, 9, 14, 4, tzinfo=UTC)) == (
@@ -148,11 +158,11 @@ def test_invalid_settings_name_their_variable(hour: str | None, lookback: str | 
 
 def test_shipped_definitions_carry_the_schedule_from_the_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    assert schedule_settings(None, None) == (4, 3)
-    assert schedule_settings("", "") == (4, 3)
+    assert schedule_settings(None, None) == (4, 0)
+    assert schedule_settings("", "") == (4, 0)
     assert schedule_settings("0", "30") == (0, 30)
     monkeypatch.setenv(HOUR_VARIABLE, "7")
-    monkeypatch.setenv(LOOKBACK_VARIABLE, "1")
+    monkeypatch.setenv(LOOKBACK_VARIABLE, "2")
     monkeypatch.setenv("PIGMENT_AUDIT_TIMEZONE", "America/New_York")
     monkeypatch.setenv("PIGMENT_AUDIT_START_DATE", (TODAY - timedelta(days=30)).isoformat())
     defs = build_definitions()
@@ -172,7 +182,7 @@ def test_the_scheduled_request_runs_as_one_ranged_run(stand_in: PigmentStandIn,
     for day in days_before(TODAY - timedelta(days=3), 6):  # the run's 4 days, one each side
         stand_in.add_events(synthetic_events(day, 80, seed=day.toordinal()))
     resource = PigmentResource(**resource_settings(stand_in, tmp_path))
-    defs = definitions(TODAY - timedelta(days=60), resource=resource)
+    defs = definitions(TODAY - timedelta(days=60), resource=resource, lookback_days=4)
     request = one_request(defs, tick)
     days = days_before(TODAY - timedelta(days=4), 4)
     assert (request.tags[ASSET_PARTITION_RANGE_START_TAG],
@@ -182,7 +192,11 @@ def test_the_scheduled_request_runs_as_one_ranged_run(stand_in: PigmentStandIn,
         result = run_job(defs, dict(request.tags), instance)
         assert result.success
         assert len(instance.get_runs()) == 1
-    expected_keys = [day.isoformat() for day in days]
+    # The run's days, and the day before them if the scan found late events of it.
+    before = days[0] - timedelta(days=1)
+    late_before = [event for event in stand_in.visible_events(event_day=before)
+                   if event["ingestionTimestamp"] >= f"{days[0].isoformat()}T00:00:00"]
+    expected_keys = [day.isoformat() for day in ([before] if late_before else []) + days]
     for node in NODES:
         keys = sorted(m.partition or "" for m in result.asset_materializations_for_node(node))
         assert keys == expected_keys, node
@@ -192,8 +206,13 @@ def test_the_scheduled_request_runs_as_one_ranged_run(stand_in: PigmentStandIn,
     for day in days:
         assert sorted(raw_ids(tmp_path, day)) == truth_ids(stand_in, day) != [], day
         truth += truth_ids(stand_in, day)
+    truth += [event["id"] for event in late_before]  # late events of the day before, placed
     assert sorted(row["id"] for row in stand_in.pushed_rows()) == sorted(truth)
-    # The day before the range and the tick's own day were scanned past, not written.
-    storage = Storage(tmp_path)
-    assert not storage.raw_path(days[0] - timedelta(days=1)).exists()
-    assert not storage.raw_path(days[-1] + timedelta(days=1)).exists()
+    # The tick's own day is not complete: what the scan saw of it waits in its raw file for
+    # the next tick, with no materialization. The day before holds just its late events.
+    storage = LocalStorage(tmp_path)
+    today = [orjson.loads(line)["id"] for line in
+             storage.raw_path(days[-1] + timedelta(days=1)).read_bytes().splitlines()]
+    assert today and set(today) <= set(truth_ids(stand_in, days[-1] + timedelta(days=1)))
+    if late_before:
+        assert sorted(raw_ids(tmp_path, before)) == sorted(e["id"] for e in late_before)

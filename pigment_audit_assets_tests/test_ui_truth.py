@@ -24,7 +24,7 @@ from dagster._core.storage.tags import (
 
 from pigment_audit_assets.core.errors import PigmentApiError
 from pigment_audit_assets.core.imports import save_record
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.defs import checks
 from pigment_audit_assets.defs.assets import ImportConfig
 from pigment_audit_assets.defs.resources import PigmentResource
@@ -140,7 +140,7 @@ def test_each_days_materialization_and_checks_are_about_that_day(
         assert sum(raw[key]["events_by_type"].values()) == size
         assert raw[key]["first_event_at"].startswith(key)
         assert pushed[key]["rows_pushed"] == pushed[key]["inserted"] == size
-        record = orjson.loads(Storage(tmp_path).import_record_path(day).read_bytes())
+        record = orjson.loads(LocalStorage(tmp_path).import_record_path(day).read_bytes())
         assert pushed[key]["import_ids"] == [entry["importId"] for entry in record["imports"]]
         assert pushed[key]["chunks_pushed"] == len(record["imports"])
         imports_by_day[key] = len(record["imports"])
@@ -172,7 +172,7 @@ def test_a_day_whose_check_fails_fails_alone(stand_in: PigmentStandIn, tmp_path:
     days = days_before(DAY, 3)
     for day in days:
         stand_in.add_events(synthetic_events(day, 20, seed=day.toordinal()))
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     path = storage.raw_path(days[1])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(synthetic_events(days[0], 1, seed=77)[0]) + b"\n")
@@ -205,9 +205,9 @@ def test_an_import_pigment_no_longer_knows_is_not_verified(stand_in: PigmentStan
                                                            tmp_path: Path) -> None:
     events = synthetic_events(DAY, 12, seed=41)
     stand_in.add_events(events)
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     # An earlier run pushed three events as an import whose status Pigment no longer has.
-    save_record(storage.import_record_path(DAY), {"day": DAY.isoformat(), "imports": [
+    save_record(storage, DAY, {"day": DAY.isoformat(), "imports": [
         {"importId": "forgotten-import", "configurationId": CONFIGURATION_ID, "chunk": 1,
          "rows": 3, "bytes": 10, "status": "Pushed",
          "eventIds": [event["id"] for event in events[:3]]}]})
@@ -245,7 +245,7 @@ def test_run_config_of_one_field_keeps_the_environments_settings(
     result = materialize(build_resource(), day=DAY.isoformat(), run_config={
         "resources": {"pigment": {"config": {"chunk_size_mb": 0.01}}}})
     assert result.success
-    storage = Storage(tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
     assert storage.csv_path(DAY).exists() and not (tmp_path / "pigment_audit_data").exists()
     assert len(stand_in.pushed_rows()) == 80
     assert len(stand_in.imports) > 2  # 0.01 MB chunks: the one field set did apply

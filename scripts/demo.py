@@ -12,6 +12,11 @@ Usage: ``python3 scripts/demo.py`` from the repository root, on a machine with o
 
 Ctrl-C stops both. ``--port N`` serves the UI on another port than 3000. ``--smoke`` starts
 everything, waits until the UI answers, then stops: what CI runs to prove the command works.
+
+``--workspaces 2`` shows several Pigment workspaces instead (README "Several workspaces"): two
+stand-ins, each with its own keys, events and import configuration, and a small `dg` project in
+``.demo/workspaces`` whose defs folder declares the two workspaces ``acme`` and ``globex`` in
+YAML (``PigmentAuditComponent``); files go under ``.demo/data/acme`` and ``.demo/data/globex``.
 """
 
 from __future__ import annotations
@@ -42,13 +47,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_stand_in(python: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
-    """Start the stand-in and wait for its ready line."""
+def start_stand_in(python: Path, port: int, env: dict[str, str], *,
+                   audit_key: str | None = None, import_key: str | None = None,
+                   configuration_id: str = CONFIGURATION_ID, seed: int = 1,
+                   events_per_day: int = 2000) -> subprocess.Popen[str]:
+    """Start the stand-in and wait for its ready line (keys default to the env's)."""
     process = subprocess.Popen(
         [str(python), "-m", "pigment_audit_assets_tests.stand_in", "--port", str(port),
-         "--days", str(DEMO_DAYS), "--events-per-day", "2000", "--late-fraction", "0.02",
-         "--audit-key", env["PIGMENT_AUDIT_API_KEY"], "--import-key",
-         env["PIGMENT_IMPORT_API_KEY"], "--configuration-id", CONFIGURATION_ID],
+         "--days", str(DEMO_DAYS), "--events-per-day", str(events_per_day),
+         "--late-fraction", "0.02", "--seed", str(seed),
+         "--audit-key", audit_key or env["PIGMENT_AUDIT_API_KEY"], "--import-key",
+         import_key or env["PIGMENT_IMPORT_API_KEY"], "--configuration-id", configuration_id],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )
     assert process.stdout is not None
@@ -75,6 +84,47 @@ def wait_for_ui(url: str, process: subprocess.Popen[bytes], timeout: float) -> N
     raise SystemExit(f"The Dagster UI did not answer at {url} within {timeout:.0f} s")
 
 
+# The two workspaces of ``--workspaces 2``: name, import configuration, seed, events per day.
+DEMO_WORKSPACES = (("acme", "00000000-0000-4000-8000-00000000aaaa", 1, 2000),
+                   ("globex", "00000000-0000-4000-8000-00000000bbbb", 2, 1200))
+
+
+def start_workspaces(python: Path, env: dict[str, str],
+                     count: int) -> tuple[Path, list[subprocess.Popen[str]]]:
+    """Start a stand-in per workspace and write the `dg` project declaring them in YAML.
+
+    Each workspace's keys go in the environment variables its YAML names; the YAML holds
+    only those names. Returns the project's workspace.yaml and the stand-ins.
+    """
+    sys.path.insert(0, str(ROOT))
+    from pigment_audit_assets_tests.workspace_project import write_project
+
+    stand_ins, workspaces = [], {}
+    for name, configuration_id, seed, events in DEMO_WORKSPACES[:count]:
+        upper = name.upper()
+        env[f"{upper}_PIGMENT_AUDIT_API_KEY"] = f"demo-{name}-audit-key"
+        env[f"{upper}_PIGMENT_IMPORT_API_KEY"] = f"demo-{name}-import-key"
+        port = free_port()
+        stand_ins.append(start_stand_in(
+            python, port, env, audit_key=env[f"{upper}_PIGMENT_AUDIT_API_KEY"],
+            import_key=env[f"{upper}_PIGMENT_IMPORT_API_KEY"],
+            configuration_id=configuration_id, seed=seed, events_per_day=events))
+        workspaces[name] = {
+            "name": name, "audit_key_env": f"{upper}_PIGMENT_AUDIT_API_KEY",
+            "import_key_env": f"{upper}_PIGMENT_IMPORT_API_KEY",
+            "import_configuration_id": configuration_id,
+            "storage_url": str(DEMO / "data" / name), "timezone": "UTC",
+            "first_partition": (date.today() - timedelta(days=DEMO_DAYS)).isoformat(),
+            "base_url": f"http://127.0.0.1:{port}"}
+    project = DEMO / "workspaces"
+    shutil.rmtree(project, ignore_errors=True)
+    write_project(project, "pigment_audit_demo", workspaces)
+    for name in workspaces:
+        print(f"Workspace {name}: {project / 'pigment_audit_demo' / 'defs' / name / 'defs.yaml'}",
+              flush=True)
+    return project / "workspace.yaml", stand_ins
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -86,6 +136,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (3000)")
     parser.add_argument("--smoke", action="store_true",
                         help="start, wait for the UI to answer, then stop")
+    parser.add_argument("--workspaces", type=int, choices=(1, 2), default=1,
+                        help="2: two Pigment workspaces in YAML, each with its own stand-in")
     args = parser.parse_args()
     # Stop cleanly (both children) on SIGTERM and SIGHUP too, not only on Ctrl-C; and even when
     # started in the background, where SIGINT arrives ignored.
@@ -105,9 +157,15 @@ def main() -> int:
         "PIGMENT_AUDIT_START_DATE": (date.today() - timedelta(days=DEMO_DAYS)).isoformat(),
         "PIGMENT_AUDIT_TIMEZONE": "UTC",
     }
-    stand_in_port = free_port()
-    env["PIGMENT_BASE_URL"] = f"http://127.0.0.1:{stand_in_port}"
-    stand_in = start_stand_in(python, stand_in_port, env)
+    if args.workspaces > 1:
+        for variable in [name for name in env if name.startswith("PIGMENT_")]:
+            del env[variable]  # each workspace's settings are in its YAML
+        workspace_file, stand_ins = start_workspaces(python, env, args.workspaces)
+    else:
+        stand_in_port = free_port()
+        env["PIGMENT_BASE_URL"] = f"http://127.0.0.1:{stand_in_port}"
+        workspace_file, stand_ins = ROOT / "workspace.yaml", [
+            start_stand_in(python, stand_in_port, env)]
     # Two of dagster dev's console notices are not the user's to act on, so they are kept out:
     # - "dev_command is superseded ... use 'dg dev'": the project runs dagster dev on purpose
     #   (workspace.yaml, the README's commands); a warning filter for that one message only.
@@ -119,14 +177,16 @@ def main() -> int:
     dagster_env = {**env, "PYTHONWARNINGS": ",".join(
         filter(None, [env.get("PYTHONWARNINGS"), "ignore:Function `dev_command` is superseded"]))}
     dagster = subprocess.Popen(
-        [str(python), "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml"),
+        [str(python), "-m", "dagster", "dev", "-w", str(workspace_file),
          "-h", "127.0.0.1", "-p", str(args.port)],
         cwd=dagster_home, env=dagster_env, start_new_session=True)
     url = f"http://127.0.0.1:{args.port}"
     try:
         wait_for_ui(url, dagster, timeout=180)
-        print(f"\nDagster UI: {url}  (Pigment stand-in at {env['PIGMENT_BASE_URL']}, files "
-              f"in {DEMO / 'data'}). Ctrl-C to stop.\n", flush=True)
+        where = (f"Pigment stand-in at {env['PIGMENT_BASE_URL']}" if args.workspaces == 1
+                 else f"{args.workspaces} workspaces, one stand-in each")
+        print(f"\nDagster UI: {url}  ({where}, files in {DEMO / 'data'}). Ctrl-C to stop.\n",
+              flush=True)
         if args.smoke:
             return 0
         dagster.wait()
@@ -140,8 +200,10 @@ def main() -> int:
                 dagster.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(dagster.pid, signal.SIGKILL)
-        stand_in.terminate()
-        stand_in.wait(timeout=10)
+        for stand_in in stand_ins:
+            stand_in.terminate()
+        for stand_in in stand_ins:
+            stand_in.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from .collect import fetch_days
 from .days import days_between, parse_zone
 from .errors import ConfigError, PigmentAuditError, PushAnswerLostError
 from .imports import summarize_report
-from .storage import Storage
+from .storage import LocalStorage
 from .table import CsvTable
 
 DEFAULT_BASE_URL = "https://pigment.app"
@@ -176,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
     client = PigmentClient(base_url, audit_key=audit_key, import_key=import_key or None, log=log)
     with tempfile.TemporaryDirectory(prefix="pigment-audit-") as scratch, \
             CsvTable(Path(scratch)) as table:
-        storage = Storage(scratch)
+        storage = LocalStorage(scratch)
         with _progress(desc="Fetching events", unit=" events", unit_scale=True) as bar:
             # The CSV's rows are rendered during the scan: no second parse of the raw files.
             scan = fetch_days(client, days_between(args.start_date, args.end_date), zone,

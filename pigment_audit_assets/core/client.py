@@ -39,6 +39,7 @@ from tenacity import (
     retry_if_exception_type,
 )
 
+from . import jsonio
 from .days import format_ingested_since
 from .errors import (
     ConfigError,
@@ -353,7 +354,7 @@ class PigmentClient:
                 error = self._api_error(kind, key_kind, response, content, context)
                 raise PigmentApiError(self._redact(str(error)), error.status)
             try:
-                parsed = orjson.loads(content)
+                parsed = jsonio.loads(content)  # integers beyond 64 bits kept exact
             except orjson.JSONDecodeError:
                 if started:  # "Import started" whatever the body says: never push it again
                     raise self._answer_lost(context, "not JSON") from None

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sqlite3
 import sys
-import uuid
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from operator import itemgetter
@@ -35,8 +33,10 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from . import jsonio
 from .client import Log, PigmentClient
 from .days import (
+    AUDIT_LOOKBACK,
     EPOCH,
     ONE_MICROSECOND,
     check_lookback,
@@ -45,13 +45,16 @@ from .days import (
     epoch_microseconds,
     parse_timestamp,
 )
-from .storage import Storage, atomic_write
+from .storage import Storage, scratch_dir
 from .table import CsvTable
+from .watermark import WATERMARK_KEY, WatermarkState, read_watermark
 
 PROGRESS_EVERY_PAGES = 10
 NAIVE_EPOCH = datetime(1970, 1, 1)
 _from_iso = datetime.fromisoformat
 ONE_DAY = timedelta(days=1)
+# A daily run may wait in the queue before its scan starts: stay this far inside the 180 days.
+LOOKBACK_MARGIN = timedelta(hours=12)
 # The in-memory spool's budget, and what one event's index entry costs in it (its id, time,
 # type and line position, in a set, a tuple and a day's list, with the allocator's slack):
 # about 110,000 events, 40-45 MB of RSS. Past it, the spool moves to SQLite on disk. A day of
@@ -69,7 +72,7 @@ class DayFile:
     """What one day's raw file holds after a scan."""
 
     day: date
-    path: Path
+    path: str  # the raw file's URI (a local path or s3://...)
     events: int = 0
     bytes: int = 0
     added: int = 0
@@ -79,7 +82,8 @@ class DayFile:
     first_event_at: str | None = None
     last_event_at: str | None = None
     rejected: int = 0
-    rejected_path: Path | None = None
+    rejected_path: str | None = None  # the rejects file's URI, when the day has one
+    set_aside: dict[str, int] = field(default_factory=dict)  # in its rejects: events by day
 
 
 @dataclass
@@ -93,6 +97,11 @@ class ScanResult:
     outside_range: int = 0
     rejected: int = 0
     audit_requests: int = 0
+    since: datetime | None = None  # the scan's ingestedSince
+    newest_ingested: datetime | None = None  # the newest ingestionTimestamp seen
+    extra_days: set[date] = field(default_factory=set)  # days placed beyond those asked for
+    set_aside: Counter[date] = field(default_factory=Counter)  # events of unreachable days
+    watermark: datetime | None = None  # the ingestion watermark after the scan, if it moved
 
 
 def classify(item: Any, zone: ZoneInfo) -> tuple[str, date, int] | str:
@@ -426,28 +435,115 @@ def fetch_days(
     log: Log,
     on_page: Any = None,
     table: CsvTable | None = None,
+    since: datetime | None = None,
+    unreachable: Callable[[date], str | None] | None = None,
 ) -> ScanResult:
     """Scan the Audit API once for ``days`` and write each day's raw and rejects files.
 
-    With ``table``, each day's events are also added to it as CSV rows, in file order.
+    With ``table``, each day's events are also added to it as CSV rows, in file order. The scan
+    starts at the first day's start, or at ``since``. Events of other days are counted and left
+    out, unless ``unreachable`` is given (the incremental daily scan): then each goes into the
+    raw file of its own day too, unless ``unreachable(day)`` gives a reason not to (the day is
+    before the first partition, say), in which case it is set aside in the rejects with it.
     """
     wanted = sorted(set(days))
     if not wanted:
         raise ValueError("no days to fetch")
-    check_lookback(wanted[0], zone, now)  # before any request: old files stay untouched
+    if since is None:
+        check_lookback(wanted[0], zone, now)  # before any request: old files stay untouched
+        since = day_start(wanted[0], zone)
+    with scratch_dir("scan") as work:
+        return _scan(client, wanted, zone, storage, work, since, unreachable, log=log,
+                     on_page=on_page, table=table)
+
+
+@dataclass
+class IncrementalPlan:
+    """Where the daily scan starts, and which days it may not write."""
+
+    since: datetime
+    state: WatermarkState
+    unreachable: Callable[[date], str | None]
+
+
+def plan_incremental_scan(storage: Storage, days: list[date], zone: ZoneInfo, now: datetime,
+                          first_partition: date, overlap: timedelta, log: Log, *,
+                          full_from: date | None = None) -> IncrementalPlan:
+    """The daily scan's start: the watermark less ``overlap`` (or the start of ``full_from``,
+    a day re-scanned in full, if earlier).
+
+    No watermark yet (first run): from the start of ``days``. An unreadable one: from the
+    oldest moment still within reach (the first partition, or Pigment's 180 days), which loses
+    nothing and costs one long scan. A watermark older than the 180 days: from the oldest
+    reachable moment, with a warning naming what can no longer be read.
+    """
+    state = read_watermark(storage)
+    oldest = now - AUDIT_LOOKBACK + LOOKBACK_MARGIN
+    earliest = max(day_start(first_partition, zone), oldest)
+    runs_from = max(day_start(min(days), zone), earliest)
+    if state.problem is not None:
+        since = earliest
+        log.warning(f"{storage.uri(WATERMARK_KEY)} could not be read ({state.problem}): this "
+                    f"scan starts at the oldest moment within reach, {since:%Y-%m-%d %H:%M}Z, "
+                    "so nothing is missed; the watermark is rewritten after it.")
+    elif state.ingested_up_to is None:
+        since = runs_from
+        log.info(f"No watermark yet at {storage.uri(WATERMARK_KEY)}: this first daily scan "
+                 f"starts at {since:%Y-%m-%d %H:%M}Z, the start of its days; later ones start "
+                 "at the watermark it leaves.")
+    else:
+        since = state.ingested_up_to - overlap
+        if full_from is not None:
+            since = min(since, day_start(full_from, zone))
+        if since < oldest:
+            log.warning(f"The watermark ({state.ingested_up_to:%Y-%m-%d %H:%M}Z) is beyond "
+                        "Pigment's 180-day lookback: events ingested before "
+                        f"{oldest:%Y-%m-%d %H:%M}Z can no longer be read; the scan starts there.")
+            since = oldest
+    first_reachable = min(days) if min(days) < first_partition else first_partition
+
+    def unreachable(day: date) -> str | None:
+        if day < first_reachable:
+            return f"its day {day} is before the first partition ({first_partition})"
+        if day_start(day + ONE_DAY, zone) <= oldest:
+            return f"its day {day} is beyond Pigment's 180-day lookback"
+        return None
+
+    return IncrementalPlan(since, state, unreachable)
+
+
+def _newest_ingestion(page: list[Any], newest: datetime | None) -> datetime | None:
+    """The newest ``ingestionTimestamp`` so far: a page is ordered by ingestion (newest or
+    oldest first), so its first and last events hold its newest."""
+    for item in (page[0], page[-1]) if page else ():
+        if isinstance(item, dict):
+            try:
+                moment = parse_timestamp(item.get("ingestionTimestamp"))
+            except (ValueError, TypeError):
+                continue
+            if newest is None or moment > newest:
+                newest = moment
+    return newest
+
+
+def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: Storage,
+          work: Path, since: datetime, unreachable: Callable[[date], str | None] | None, *,
+          log: Log, on_page: Any, table: CsvTable | None) -> ScanResult:
     wanted_set = set(wanted)
     place = _Classifier(zone)
     day_keys = {day: day.isoformat() for day in wanted}
-    work = storage.work_dir(f"scan-{uuid.uuid4().hex[:12]}")
+    reasons: dict[date, str | None] = {}  # per day beyond those asked for: why it is set aside
+    filed: dict[date, Counter[str]] = defaultdict(Counter)  # set aside, by rejects file's day
     spool = _Spool(work, MEMORY_BUDGET)
-    result = ScanResult(days={})
+    result = ScanResult(days={}, since=since)
     requests_before = client.request_counts["audit"]
     try:
-        since = day_start(wanted[0], zone)
         log.info(f"Scanning Pigment audit events ingested since {since:%Y-%m-%dT%H:%M:%SZ} "
-                 f"for {len(wanted)} day(s), {wanted[0]} to {wanted[-1]}.")
+                 f"for {len(wanted)} day(s), {wanted[0]} to {wanted[-1]}"
+                 + (", and every other day that gained events." if unreachable else "."))
         for page in client.iter_audit_pages(since):
             result.pages += 1
+            result.newest_ingested = _newest_ingestion(page, result.newest_ingested)
             rows: list[_Row] = []
             rejects: list[tuple[str, str, bytes]] = []
             result.events_seen += len(page)
@@ -455,13 +551,32 @@ def fetch_days(
                 placed = place(item)
                 if isinstance(placed, str):
                     reject_day = _reject_day(item, wanted_set, wanted[0], zone)
-                    rejects.append((day_keys[reject_day], placed, orjson.dumps(item)))
+                    rejects.append((day_keys[reject_day], placed,
+                                    jsonio.dumps(item, any_depth=True)))
                     continue
                 event_id, event_day, at = placed
                 if event_day not in wanted_set:
-                    result.outside_range += 1
+                    if unreachable is None:
+                        result.outside_range += 1
+                        continue
+                    if event_day not in reasons:
+                        reasons[event_day] = unreachable(event_day)
+                        if reasons[event_day] is None:
+                            day_keys[event_day] = event_day.isoformat()
+                    if reasons[event_day] is not None:
+                        result.set_aside[event_day] += 1
+                        reject_day = _reject_day(item, wanted_set, wanted[0], zone)
+                        filed[reject_day][event_day.isoformat()] += 1
+                        rejects.append((day_keys[reject_day], str(reasons[event_day]),
+                                        jsonio.dumps(item, any_depth=True)))
+                        continue
+                    result.extra_days.add(event_day)
+                try:
+                    line = jsonio.dumps(item)
+                except jsonio.NestingTooDeep as error:  # orjson cannot write it: set aside
+                    rejects.append((day_keys[event_day], str(error),
+                                    jsonio.dumps(item, any_depth=True)))
                     continue
-                line = orjson.dumps(item)
                 if table is not None:  # rendered now, while parsed
                     line = _with_cells(line, item, table)
                 rows.append((event_id, day_keys[event_day], at, _event_type(item), line))
@@ -479,11 +594,18 @@ def fetch_days(
         log.info(f"Scan done: {result.pages} pages, {result.events_seen:,} events, "
                  f"{result.duplicates} duplicate(s), {result.rejected} rejected, "
                  f"{result.outside_range} outside the days asked for.")
-        for day in wanted:
-            result.days[day] = _write_day(spool, storage, day, zone, log, table)
+        for day, count in sorted(result.set_aside.items()):
+            log.warning(f"{count} event(s) of {day} set aside in the rejects: {reasons[day]}.")
+        incremental = unreachable is not None
+        for day in sorted(wanted_set | result.extra_days):
+            result.days[day] = _write_day(
+                spool, storage, day, zone, log, table,
+                partial_scan=incremental and since > day_start(day, zone),
+                only_if_added=day not in wanted_set)
+        for day, counts in filed.items():
+            result.days[day].set_aside = dict(sorted(counts.items()))
     finally:
         spool.close()
-        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
@@ -493,34 +615,61 @@ def _with_cells(line: bytes, item: dict[str, Any], table: CsvTable) -> bytes:
     return b"%b\n%d %b" % (line, *table.render(item))
 
 
-def _merge_previous(spool: _Spool, path: Path, key: str, zone: ZoneInfo,
-                    table: CsvTable | None) -> None:
-    if not path.exists():
-        return
-    with open(path, "rb") as previous:
-        for line in previous:
-            if not line.strip():
-                continue
-            item = orjson.loads(line)
-            placed = classify(item, zone)
-            if isinstance(placed, str):
-                continue
-            event_id, _, at = placed
-            payload = line.rstrip(b"\r\n")
-            if table is not None:
-                payload = _with_cells(payload, item, table)
-            spool.add_previous((event_id, key, at, _event_type(item), payload))
+def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zone: ZoneInfo,
+                    table: CsvTable | None) -> str | None:
+    """Add the events of the day's stored file to the spool; the file's digest, or None."""
+    digest = hashlib.sha256()
+    try:
+        with storage.open_read(file_key) as previous:
+            for line in previous:
+                digest.update(line)
+                if not line.strip():
+                    continue
+                item = jsonio.loads(line)
+                placed = classify(item, zone)
+                if isinstance(placed, str):
+                    continue
+                event_id, _, at = placed
+                payload = line.rstrip(b"\r\n")
+                if table is not None:
+                    payload = _with_cells(payload, item, table)
+                spool.add_previous((event_id, key, at, _event_type(item), payload))
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
+
+
+class _DigestingWriter:
+    """Passes bytes on to a writer, keeping their SHA-256 and count: no read-back needed."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.bytes += len(data)
+        return self.handle.write(data)
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            self.write(line)
 
 
 def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
-               table: CsvTable | None) -> DayFile:
+               table: CsvTable | None, *, partial_scan: bool = False,
+               only_if_added: bool = False) -> DayFile:
+    """Merge the day's stored file into the spool and write the day's file and rejects.
+
+    ``partial_scan``: the scan started after the day began (from the watermark), so stored
+    events it did not see are expected. ``only_if_added``: leave the file alone when the scan
+    brought it nothing new (an older day seen only through the watermark's overlap).
+    """
     key = day.isoformat()
-    path = storage.raw_path(day)
-    previous_digest = _digest(path)
-    _merge_previous(spool, path, key, zone, table)
-    day_file = DayFile(day=day, path=path)
-    with atomic_write(path, "wb") as handle:
-        spool.write_day(key, handle, table)
+    file_key = storage.raw_key(day)
+    previous_digest = _merge_previous(spool, storage, file_key, key, zone, table)
+    day_file = DayFile(day=day, path=storage.uri(file_key))
     first_at = last_at = None
     for event_type, count, added, kept, low, high in spool.day_types(key):
         day_file.event_types[event_type or "(none)"] += count
@@ -531,15 +680,20 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
         last_at = high if last_at is None else max(last_at, high)
     if first_at is not None:
         day_file.first_event_at, day_file.last_event_at = _iso(first_at), _iso(last_at)
-    day_file.bytes = path.stat().st_size
-    # A new file has changed: no need to read it back.
-    day_file.changed = previous_digest is None or previous_digest != _digest(path)
+    if only_if_added and previous_digest is not None and day_file.added == 0:
+        day_file.bytes = storage.size(file_key)
+        return day_file
+    with storage.writer(file_key) as handle:
+        written = _DigestingWriter(handle)
+        spool.write_day(key, written, table)  # type: ignore[arg-type]
+    day_file.bytes = written.bytes
+    day_file.changed = previous_digest != written.digest.hexdigest()
     if previous_digest is None:
         day_file.added = day_file.events
     if day_file.changed and previous_digest is not None:
         log.info(f"{day}: the raw file changed since it was last written: {day_file.added} new "
                  f"event(s), {day_file.kept_from_before} kept from before.")
-    if day_file.kept_from_before:
+    if day_file.kept_from_before and not partial_scan:
         log.warning(f"{day}: {day_file.kept_from_before} event(s) stored earlier were not in "
                     "this scan; they were kept.")
     _write_rejects(spool, storage, day, key, day_file, log)
@@ -548,33 +702,29 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
 
 def _write_rejects(spool: _Spool, storage: Storage, day: date, key: str, day_file: DayFile,
                    log: Log) -> None:
-    path = storage.rejected_path(day)
-    if path.exists():  # rejects seen by earlier scans stay on record
-        with open(path, "rb") as previous:
-            rows = [(key, str(record.get("reason", "")), orjson.dumps(record.get("event")))
-                    for record in map(orjson.loads, filter(bytes.strip, previous))]
+    file_key = storage.rejected_key(day)
+    existed = False
+    try:
+        with storage.open_read(file_key) as previous:  # rejects of earlier scans stay on record
+            existed = True
+            rows = [(key, str(record.get("reason", "")),
+                     jsonio.dumps(record.get("event"), any_depth=True))
+                    for record in map(jsonio.loads, filter(bytes.strip, previous))]
         spool.add_rejects(rows)
+    except FileNotFoundError:
+        pass
     rejects = spool.day_rejects(key)
-    if not rejects and not path.exists():
+    if not rejects and not existed:
         return
-    with atomic_write(path, "wb") as handle:
+    with storage.writer(file_key) as handle:
         for reason, line in rejects:
             handle.write(orjson.dumps({"reason": reason, "event": orjson.Fragment(line)}))
             handle.write(b"\n")
     day_file.rejected = len(rejects)
-    day_file.rejected_path = path
+    day_file.rejected_path = storage.uri(file_key)
     if rejects:
-        log.warning(f"{day}: {len(rejects)} rejected event(s) on record in {path.name}.")
-
-
-def _digest(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        log.warning(f"{day}: {len(rejects)} rejected event(s) on record in "
+                    f"{day_file.rejected_path}.")
 
 
 def _iso(at: int) -> str:

@@ -34,3 +34,11 @@ class PushAnswerLostError(PigmentAuditError):
 
     The import exists in Pigment, so pushing the chunk again would import its rows twice.
     """
+
+
+class StorageError(PigmentAuditError, OSError):
+    """A file or object could not be read or written; the message names it and the setting."""
+
+
+class DayLeaseHeldError(PigmentAuditError):
+    """Another run holds the day's import lease; the message names it."""

@@ -18,7 +18,8 @@ as an update, not a second row; the record then shows both import ids.
 
 from __future__ import annotations
 
-import shutil
+import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -29,8 +30,9 @@ import orjson
 
 from .chunks import write_chunks
 from .client import FINAL_IMPORT_STATUSES, Log, PigmentClient
-from .errors import ImportFailedError, PigmentApiError, PushAnswerLostError
-from .storage import Storage, atomic_write
+from .errors import ImportFailedError, PigmentApiError, PushAnswerLostError, StorageError
+from .lease import DEFAULT_TTL_SECONDS, hold_lease
+from .storage import UNSAVED_FOLDER, Storage, scratch_dir, scratch_root
 
 REPORT_COUNTS = ("insertedCount", "updatedCount", "deletedCount", "skippedCount")
 ANSWER_LOST = "AnswerLost"  # Pigment answered 200 to the push, the import id was cut off
@@ -42,7 +44,8 @@ class ImportOutcome:
     """What pushing one day did."""
 
     day: date
-    record_path: Path
+    record_path: str  # the import record's URI
+    record: dict[str, Any] = field(default_factory=lambda: {"imports": []})
     csv_rows: int = 0
     already_pushed: int = 0
     rows_pushed: int = 0
@@ -55,17 +58,50 @@ class ImportOutcome:
     answer_lost: list[dict[str, Any]] = field(default_factory=list)
 
 
-def load_record(path: Path, day: date) -> dict[str, Any]:
-    """A day's import record, or an empty one."""
-    if not path.exists():
-        return {"day": day.isoformat(), "imports": []}
-    return orjson.loads(path.read_bytes())
+def load_record(storage: Storage, day: date) -> dict[str, Any]:
+    """A day's import record (with any entries a failed save left in the journal), or an
+    empty one."""
+    data = storage.read_bytes(storage.import_record_key(day))
+    record = {"day": day.isoformat(), "imports": []} if data is None else orjson.loads(data)
+    journal = unsaved_journal(storage, day)
+    if journal.exists():
+        known = {(entry["importId"], entry["chunk"], entry["pushedAt"])
+                 for entry in record["imports"]}
+        for line in journal.read_bytes().splitlines():
+            entry = orjson.loads(line)
+            if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
+                record["imports"].append(entry)
+    return record
 
 
-def save_record(path: Path, record: dict[str, Any]) -> None:
-    """Write the import record atomically."""
-    with atomic_write(path, "wb") as handle:
-        handle.write(orjson.dumps(record, option=orjson.OPT_INDENT_2))
+def save_record(storage: Storage, day: date, record: dict[str, Any]) -> None:
+    """Write the import record, whole or not at all; then the journal it absorbed can go."""
+    storage.write_bytes(storage.import_record_key(day),
+                        orjson.dumps(record, option=orjson.OPT_INDENT_2))
+    unsaved_journal(storage, day).unlink(missing_ok=True)
+
+
+def unsaved_journal(storage: Storage, day: date) -> Path:
+    """Where accepted chunks go when the record cannot be saved (a full disk, say).
+
+    On local scratch, apart from the storage, keyed by the storage's URL: the next run on this
+    machine reads it with the record and pushes none of those events again.
+    """
+    name = hashlib.sha256(storage.url.encode()).hexdigest()[:16]
+    return scratch_root() / UNSAVED_FOLDER / name / f"{day.isoformat()}.jsonl"
+
+
+def _journal(storage: Storage, day: date, entry: dict[str, Any]) -> Path | None:
+    path = unsaved_journal(storage, day)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as journal:
+            journal.write(orjson.dumps(entry) + b"\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+    except OSError:
+        return None
+    return path
 
 
 def pushed_event_ids(record: dict[str, Any], configuration_id: str) -> set[str]:
@@ -103,47 +139,37 @@ def push_day(
     poll_timeout_seconds: float = 1800.0,
     log: Log,
     on_chunk: Callable[[int], None] | None = None,
+    owner: str | None = None,
+    lease_wait_seconds: float = 3600.0,
+    lease_ttl_seconds: float = DEFAULT_TTL_SECONDS,
 ) -> ImportOutcome:
-    """Push the day's events not yet in Pigment, then wait for every open import to finish."""
-    record_path = storage.import_record_path(day)
-    record = load_record(record_path, day)
-    outcome = ImportOutcome(day=day, record_path=record_path, forced=force)
-    skip = set() if force else pushed_event_ids(record, configuration_id)
-    work = storage.work_dir(f"push-{day.isoformat()}")
-    try:
-        chunks = write_chunks(storage.csv_path(day), chunk_bytes, work, skip_ids=skip)
-        outcome.already_pushed = len(skip)
-        for chunk in chunks:
-            import_id: str | None
-            try:
-                import_id, status = client.push_csv(configuration_id, chunk.path), "Pushed"
-            except PushAnswerLostError as error:
-                import_id, status = None, ANSWER_LOST
-                log.warning(f"{day}: chunk {chunk.index}/{len(chunks)}: {error}")
-            entry = {
-                "importId": import_id, "configurationId": configuration_id, "chunk": chunk.index,
-                "rows": chunk.rows, "bytes": chunk.bytes,
-                "pushedAt": datetime.now(timezone.utc).isoformat(), "status": status,
-                "forced": force, "eventIds": chunk.event_ids,
-            }
-            record["imports"].append(entry)
-            save_record(record_path, record)  # before anything else: never push it twice
-            outcome.chunks += 1
-            outcome.rows_pushed += chunk.rows
-            if import_id is None:
-                outcome.answer_lost.append(_lost_summary(day, entry))
-                continue
-            outcome.import_ids.append(import_id)
-            log.info(f"{day}: chunk {chunk.index}/{len(chunks)} pushed ({chunk.rows:,} rows, "
-                     f"{chunk.bytes:,} bytes) as import {import_id}.")
-            if on_chunk is not None:
-                on_chunk(chunk.bytes)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if not outcome.chunks:
-        log.info(f"{day}: nothing new to push ({len(skip):,} event(s) already in Pigment).")
-    _follow_open_imports(client, record, record_path, configuration_id, outcome,
-                         poll_seconds, poll_timeout_seconds, log)
+    """Push the day's events not yet in Pigment, then wait for every open import to finish.
+
+    Holds the day's lease (see :mod:`.lease`) throughout, named after ``owner``: a second
+    run of the day waits up to ``lease_wait_seconds`` for it, then fails naming the holder.
+    """
+    owner = owner or f"process {os.getpid()}"
+    with hold_lease(storage, storage.lease_key(day), owner, log=log,
+                    ttl_seconds=lease_ttl_seconds, wait_seconds=lease_wait_seconds) as lease:
+        # Read only now: a run that held the lease before us may have pushed the day.
+        record = load_record(storage, day)
+        outcome = ImportOutcome(day=day, record_path=storage.uri(storage.import_record_key(day)),
+                                record=record, forced=force)
+        skip = set() if force else pushed_event_ids(record, configuration_id)
+        with scratch_dir(f"push-{day.isoformat()}") as work:
+            with storage.open_read(storage.csv_key(day)) as source:
+                chunks = write_chunks(source, chunk_bytes, work / "chunks", skip_ids=skip)
+            outcome.already_pushed = len(skip)
+            for chunk in chunks:
+                lease.check()
+                _push_chunk(client, storage, day, configuration_id, chunk, len(chunks), record,
+                            outcome, force=force, log=log)
+                if on_chunk is not None:
+                    on_chunk(chunk.bytes)
+        if not outcome.chunks:
+            log.info(f"{day}: nothing new to push ({len(skip):,} event(s) already in Pigment).")
+        _follow_open_imports(client, storage, day, record, configuration_id, outcome,
+                             poll_seconds, poll_timeout_seconds, log)
     if outcome.failed:
         details = "; ".join(
             f"{import_id} ({', '.join(outcome.reports[import_id]['errors']) or 'no details'})"
@@ -151,13 +177,57 @@ def push_day(
         )
         raise ImportFailedError(
             f"{day}: Pigment reported {len(outcome.failed)} import(s) as Failed: {details}. "
-            f"Their events will be pushed again on the next run. Record: {record_path}"
+            f"Their events will be pushed again on the next run. Record: {outcome.record_path}"
         )
     return outcome
 
 
-def _follow_open_imports(client: PigmentClient, record: dict[str, Any], record_path: Path,
-                         configuration_id: str, outcome: ImportOutcome, poll_seconds: float,
+def _push_chunk(client: PigmentClient, storage: Storage, day: date, configuration_id: str,
+                chunk: Any, total: int, record: dict[str, Any], outcome: ImportOutcome, *,
+                force: bool, log: Log) -> None:
+    """Push one chunk and record it; the record is saved before anything else can happen."""
+    import_id: str | None
+    try:
+        import_id, status = client.push_csv(configuration_id, chunk.path), "Pushed"
+    except PushAnswerLostError as error:
+        import_id, status = None, ANSWER_LOST
+        log.warning(f"{day}: chunk {chunk.index}/{total}: {error}")
+    else:
+        # Logged before the record is saved: if saving fails, the id is on record here.
+        log.info(f"{day}: chunk {chunk.index}/{total} accepted by Pigment as import "
+                 f"{import_id} ({chunk.rows:,} rows, {chunk.bytes:,} bytes).")
+    entry = {
+        "importId": import_id, "configurationId": configuration_id, "chunk": chunk.index,
+        "rows": chunk.rows, "bytes": chunk.bytes,
+        "pushedAt": datetime.now(timezone.utc).isoformat(), "status": status,
+        "forced": force, "eventIds": chunk.event_ids,
+    }
+    record["imports"].append(entry)
+    try:
+        save_record(storage, day, record)  # before anything else: never push it twice
+    except OSError as error:
+        journal = _journal(storage, day, entry)
+        kept = (f"The chunk's {chunk.rows:,} event ids are kept in {journal}, which the next "
+                "run on this machine reads: it will not push them again."
+                if journal else
+                f"They could not be kept anywhere either: before running the day again, "
+                f"free space and check import {import_id} in Pigment, or the next run pushes "
+                f"these {chunk.rows:,} rows again (Pigment lists keyed on id absorb that as "
+                "updates).")
+        raise StorageError(f"{day}: Pigment accepted chunk {chunk.index}/{total} as import "
+                           f"{import_id}, but its record could not be saved: {error} {kept}"
+                           ) from error
+    outcome.chunks += 1
+    outcome.rows_pushed += chunk.rows
+    if import_id is None:
+        outcome.answer_lost.append(_lost_summary(day, entry))
+    else:
+        outcome.import_ids.append(import_id)
+
+
+def _follow_open_imports(client: PigmentClient, storage: Storage, day: date,
+                         record: dict[str, Any], configuration_id: str,
+                         outcome: ImportOutcome, poll_seconds: float,
                          poll_timeout_seconds: float, log: Log) -> None:
     for entry in record["imports"]:
         if entry["configurationId"] != configuration_id:
@@ -175,14 +245,14 @@ def _follow_open_imports(client: PigmentClient, record: dict[str, Any], record_p
                 # Pigment no longer knows the import (an old one, say): its rows were accepted,
                 # so they count as pushed; record it and go on rather than fail the day forever.
                 entry["status"] = STATUS_UNKNOWN
-                save_record(record_path, record)
+                save_record(storage, day, record)
                 log.warning(f"Import {import_id}: Pigment has no status for it any more (404); "
                             "recorded as StatusUnknown, its events count as pushed.")
                 continue
             report = summarize_report(status)
             entry["status"] = report["status"]
             entry["report"] = report
-            save_record(record_path, record)
+            save_record(storage, day, record)
             log.info(f"Import {import_id}: {report['status']}, "
                      + ", ".join(f"{name} {report[name]}" for name in REPORT_COUNTS))
             if import_id not in outcome.import_ids:

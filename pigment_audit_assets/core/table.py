@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import orjson
 
+from . import jsonio
 from .flatten import flatten_event
 from .shapes import (
     CELL_SEPARATOR,
@@ -43,7 +44,7 @@ from .shapes import (
     compile_shape,
     structure,
 )
-from .storage import atomic_write
+from .storage import Storage, atomic_write, scratch_dir
 
 # Past this many distinct shapes, events of new shapes are flattened one by one (same output,
 # slower), so odd data with a different shape per event cannot grow the cache without bound.
@@ -65,7 +66,7 @@ UNSHAPED = 2**16 - 1  # above any shape's kind: MAX_SHAPES * 2 + 1 fits in 16 bi
 class CsvSummary:
     """What writing one CSV produced."""
 
-    path: Path
+    path: str  # the CSV's URI (a local path or s3://...)
     rows: int = 0
     columns: list[str] = field(default_factory=list)
     collisions: int = 0
@@ -77,13 +78,18 @@ def iter_raw_events(raw_paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
     """The events of raw JSONL files, in file order."""
     for raw_path in raw_paths:
         with open(raw_path, "rb") as raw:
-            for line in raw:
-                if not line.isspace():  # stops at the first byte, unlike strip()'s copy
-                    event = orjson.loads(line)
-                    if type(event) is not dict:
-                        raise ValueError(f"{raw_path} holds a line that is not a JSON object; "
-                                         "raw files hold one event object per line.")
-                    yield event
+            yield from iter_events(raw, str(raw_path))
+
+
+def iter_events(raw: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
+    """The events of one raw JSONL stream, in order; ``name`` says which file in errors."""
+    for line in raw:
+        if not line.isspace():  # stops at the first byte, unlike strip()'s copy
+            event = jsonio.loads(line)  # integers beyond 64 bits kept exact
+            if type(event) is not dict:
+                raise ValueError(f"{name} holds a line that is not a JSON object; "
+                                 "raw files hold one event object per line.")
+            yield event
 
 
 class CsvTable:
@@ -208,32 +214,62 @@ class CsvTable:
         return columns, collided
 
     def write(self, csv_path: Path) -> CsvSummary:
-        """Write the rows added so far into one CSV at ``csv_path``, atomically."""
+        """Write the rows added so far into one CSV at the local ``csv_path``, atomically."""
+        with atomic_write(csv_path, "wb") as handle:
+            summary = self.write_to(handle, str(csv_path))
+        return summary
+
+    def write_to(self, handle: IO[bytes], name: str) -> CsvSummary:
+        """Write the rows added so far as one CSV into ``handle`` (``name``: its URI)."""
         if self.batch:
             self._flush()
         columns, collided = self.columns()
-        summary = CsvSummary(path=csv_path, rows=len(self.kinds), columns=columns,
+        summary = CsvSummary(path=name, rows=len(self.kinds), columns=columns,
                              collisions=collided.total(), collided_columns=collided)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(csv_path, "wb") as handle:
-            if columns:
-                header = io.StringIO(newline="")
-                csv.writer(header, quoting=csv.QUOTE_MINIMAL).writerow(columns)
-                handle.write(header.getvalue().encode())
-                self.spool.seek(0)
-                _write_records(self, columns, self.spool, handle)
+        counted = _CountingWriter(handle)
+        if columns:
+            header = io.StringIO(newline="")
+            csv.writer(header, quoting=csv.QUOTE_MINIMAL).writerow(columns)
+            counted.write(header.getvalue().encode())
+            self.spool.seek(0)
+            _write_records(self, columns, self.spool, counted)  # type: ignore[arg-type]
         self.spool.seek(0, io.SEEK_END)  # rows added later go after the others
-        summary.bytes = csv_path.stat().st_size
+        summary.bytes = counted.bytes
         return summary
 
 
+class _CountingWriter:
+    """Passes bytes on to a writer and counts them."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.bytes = handle, 0
+
+    def write(self, data: bytes) -> int:
+        self.bytes += len(data)
+        return self.handle.write(data)
+
+
 def write_csv(raw_paths: Iterable[Path], csv_path: Path) -> CsvSummary:
-    """Flatten the events of ``raw_paths`` into one CSV at ``csv_path``, atomically."""
-    with CsvTable(csv_path.parent) as table:
+    """Flatten the events of local ``raw_paths`` into one CSV at ``csv_path``, atomically."""
+    with scratch_dir("csv") as scratch, CsvTable(scratch) as table:
         render, add = table.render, table.add
         for event in iter_raw_events(raw_paths):
             add(*render(event))
         return table.write(csv_path)
+
+
+def write_stored_csv(storage: Storage, raw_key: str, csv_key: str) -> CsvSummary:
+    """Flatten a stored raw file into a stored CSV, streaming both; the CSV whole or not at all.
+
+    Raises ``FileNotFoundError`` when the raw file does not exist.
+    """
+    with scratch_dir("csv") as scratch, CsvTable(scratch) as table:
+        render, add = table.render, table.add
+        with storage.open_read(raw_key) as raw:
+            for event in iter_events(raw, storage.uri(raw_key)):
+                add(*render(event))
+        with storage.writer(csv_key) as handle:
+            return table.write_to(handle, storage.uri(csv_key))
 
 
 def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle: IO[bytes]

@@ -12,7 +12,8 @@ Descriptions are rendered as Markdown by the UI: paths with placeholders go in c
 """
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import date
 from typing import Any
 
 import dagster as dg
@@ -20,12 +21,15 @@ import dagster as dg
 from ..core.errors import PigmentAuditError
 from . import checks
 from .metadata import csv_day_metadata, import_day_metadata, raw_day_metadata, scan_summary
-from .partitions import partition_days
+from .partitions import days_materialized_in_run, first_partition, partition_days
 from .resources import PigmentResource
 
 GROUP = "pigment_audit"
 POOL = "pigment_api"  # limited to 1 in dagster.yaml: one process at a time spends the IP budget
 FORCE_REPUSH_TAG = "pigment_audit/force_full_repush"
+# Set by the daily schedule: scan from the ingestion watermark, placing late events in their days.
+SCAN_TAG, INCREMENTAL = "pigment_audit/scan", "incremental"
+FULL_RESCAN_TAG = "pigment_audit/rescan_in_full_from"  # the look-back: days re-read from start
 
 # Two of Dagster's own notices, about choices this project made knowingly: single-run backfills
 # (BackfillPolicy is beta in 1.13) and per-day check results (partitioned check specs are a
@@ -44,81 +48,131 @@ class ImportConfig(dg.Config):
     """Push every event of the day again, even those already in Pigment."""
 
 
-def _run_includes(context: dg.AssetExecutionContext, asset_name: str) -> bool:
-    """Whether this run materializes ``asset_name`` too (the job is subset to the selection)."""
-    return dg.AssetKey(asset_name) in context.job_def.asset_layer.selected_asset_keys
+def _run_includes(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> bool:
+    """Whether this run materializes ``asset_key`` too (the job is subset to the selection)."""
+    return asset_key in context.job_def.asset_layer.selected_asset_keys
 
 
-def build_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The three assets over ``partitions_def``."""
-    common = {"partitions_def": partitions_def, "group_name": GROUP,
-              "backfill_policy": dg.BackfillPolicy.single_run()}
+def _report(context: dg.AssetExecutionContext, day: date, own: list[date],
+            metadata: dict[str, Any]) -> None:
+    """A day's metadata: on the run's own partition, or as a materialization of its own for an
+    older day that the daily scan brought late events to."""
+    if day in own:
+        context.add_asset_metadata(metadata, partition_key=day.isoformat())
+    else:
+        context.log_event(dg.AssetMaterialization(asset_key=context.asset_key,
+                                                  partition=day.isoformat(), metadata=metadata))
+
+
+def build_assets(partitions_def: dg.PartitionsDefinition, *,
+                 key_prefix: Sequence[str] = (), group: str = GROUP,
+                 resource_key: str = "pigment") -> list[dg.AssetsDefinition]:
+    """The three assets over ``partitions_def``.
+
+    ``key_prefix`` goes before each asset's key (``acme/raw_audit_events``), ``group`` is their
+    group, ``resource_key`` the key of the :class:`PigmentResource` they use. The defaults are
+    the project's single workspace: ``raw_audit_events`` in group ``pigment_audit``, resource
+    ``pigment``.
+    """
+    prefix = list(key_prefix)
+    common = {"partitions_def": partitions_def, "group_name": group,
+              "backfill_policy": dg.BackfillPolicy.single_run(),
+              "required_resource_keys": {resource_key}}
+    if prefix:
+        common["key_prefix"] = prefix
+    import_key = dg.AssetKey([*prefix, "audit_events_import"])
+
+    def resource(context: dg.AssetExecutionContext) -> PigmentResource:
+        return getattr(context.resources, resource_key)
 
     @dg.asset(
         **common, pool=POOL, kinds={"pigment", "json"},
-        check_specs=checks.raw_check_specs(partitions_def),
+        check_specs=checks.raw_check_specs(partitions_def, prefix),
         description="Every audit event that happened on the day (in the partitions' zone), "
                     "once, exactly as Pigment's Audit API returned it: `raw/YYYY-MM-DD.jsonl`. "
                     "Events that cannot be placed go to `rejected/YYYY-MM-DD.rejected.jsonl`.",
     )
-    def raw_audit_events(context: dg.AssetExecutionContext,
-                         pigment: PigmentResource) -> Iterator[Any]:
+    def raw_audit_events(context: dg.AssetExecutionContext) -> Iterator[Any]:
+        pigment = resource(context)
         days = partition_days(context)
         # Settings of the import too, when this run goes on to it: a run fails at its start.
-        pigment.check_settings(fetch=True, push=_run_includes(context, "audit_events_import"))
-        scan = pigment.fetch_days(days, context.log)
+        pigment.check_settings(fetch=True, push=_run_includes(context, import_key))
+        incremental = context.run.tags.get(SCAN_TAG) == INCREMENTAL
+        full_from = context.run.tags.get(FULL_RESCAN_TAG)
+        scan = pigment.fetch_days(
+            days, context.log, incremental_from=first_partition(context) if incremental else None,
+            full_from=date.fromisoformat(full_from) if full_from else None)
+        reported = []
         for day, day_file in scan.days.items():
-            context.add_asset_metadata(raw_day_metadata(day_file), partition_key=day.isoformat())
+            metadata = raw_day_metadata(day_file)
+            if day in days:
+                context.add_asset_metadata(metadata, partition_key=day.isoformat())
+            elif day > days[-1]:  # today, say: not a partition yet; its run will cover it
+                context.log.info(f"{day}: {day_file.added} event(s) kept in its raw file for "
+                                 "the run that covers that day once it is complete.")
+                continue
+            elif day_file.changed:  # an older day that gained late events: Dagster must know
+                context.log_event(dg.AssetMaterialization(
+                    asset_key=context.asset_key, partition=day.isoformat(), metadata=metadata,
+                    description=f"{day_file.added} late event(s) placed by a daily scan."))
+            else:
+                continue
+            reported.append(day)
         context.log.info(scan_summary(scan))
         yield dg.MaterializeResult()
         storage, zone = pigment.storage(), pigment.zone()
         yield from checks.day_evaluations(context, checks.RAW_IDS_AND_DAYS, {
-            day: checks.check_raw_file(storage, day, zone) for day in days})
+            day: checks.check_raw_file(storage, day, zone) for day in reported})
         yield from checks.day_evaluations(context, checks.RAW_REJECTED, {
-            day: checks.check_rejected(day_file) for day, day_file in scan.days.items()})
+            day: checks.check_rejected(scan.days[day]) for day in reported})
 
     @dg.asset(
         **common, deps=[raw_audit_events], kinds={"csv"},
-        check_specs=checks.csv_check_specs(partitions_def),
+        check_specs=checks.csv_check_specs(partitions_def, prefix),
         description="The day's events flattened like the community script (nested keys joined "
                     "with `_`, list items by index), columns by density: "
                     "`csv/YYYY-MM-DD.csv`.",
     )
-    def audit_events_csv(context: dg.AssetExecutionContext,
-                         pigment: PigmentResource) -> Iterator[Any]:
-        days = partition_days(context)
+    def audit_events_csv(context: dg.AssetExecutionContext) -> Iterator[Any]:
+        pigment = resource(context)
+        own = partition_days(context)
+        days = sorted(set(own) | set(days_materialized_in_run(context, raw_audit_events.key)))
         rows = 0
+        storage = pigment.storage()
         for day in days:
             summary = pigment.write_day_csv(day)
             rows += summary.rows
             if summary.collisions:
                 context.log.warning(f"{day}: {summary.collisions} value(s) overwritten by keys "
                                     f"that flatten to one column: {dict(summary.collided_columns)}")
-            context.add_asset_metadata(csv_day_metadata(summary), partition_key=day.isoformat())
+            preview = storage.open_read(storage.csv_key(day))
+            _report(context, day, own, csv_day_metadata(summary, preview))
         context.log.info(f"This run wrote {rows:,} CSV row(s) over {len(days)} day(s).")
         yield dg.MaterializeResult()
-        storage = pigment.storage()
         yield from checks.day_evaluations(context, checks.CSV_ROWS, {
             day: checks.check_csv_rows(storage, day) for day in days})
 
     @dg.asset(
         **common, deps=[audit_events_csv], pool=POOL, kinds={"pigment"},
-        check_specs=checks.import_check_specs(partitions_def),
+        check_specs=checks.import_check_specs(partitions_def, prefix),
         description="The day's CSV pushed into the Pigment import configuration, each event "
                     "once; import ids and Pigment's reports in `imports/YYYY-MM-DD.json`.",
     )
-    def audit_events_import(context: dg.AssetExecutionContext, config: ImportConfig,
-                            pigment: PigmentResource) -> Iterator[Any]:
+    def audit_events_import(context: dg.AssetExecutionContext,
+                            config: ImportConfig) -> Iterator[Any]:
+        pigment = resource(context)
         force = config.force_full_repush or context.run.tags.get(FORCE_REPUSH_TAG) == "true"
         outcomes, failures = [], []
-        for day in partition_days(context):
+        own = partition_days(context)
+        for day in sorted(set(own) | set(days_materialized_in_run(context, audit_events_csv.key))):
             try:
-                outcome = pigment.push_day(day, context.log, force=force)
+                outcome = pigment.push_day(day, context.log, force=force,
+                                           owner=f"Dagster run {context.run.run_id}")
             except PigmentAuditError as error:
                 failures.append(str(error))  # go on: other days still get pushed and recorded
                 continue
             outcomes.append(outcome)
-            context.add_asset_metadata(import_day_metadata(outcome), partition_key=day.isoformat())
+            _report(context, day, own, import_day_metadata(outcome))
         if failures:
             raise dg.Failure(description="\n".join(failures))
         context.log.info(f"This run pushed {sum(outcome.rows_pushed for outcome in outcomes):,} "

@@ -13,9 +13,9 @@ functions that read files are small helpers, so where files come from can change
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+import io
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -54,26 +54,30 @@ _DESCRIPTIONS = {
 }
 
 
-def _specs(names: Iterable[str],
-           partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=_DESCRIPTIONS[name][0], blocking=_DESCRIPTIONS[name][1],
+def _specs(names: Iterable[str], partitions_def: dg.PartitionsDefinition | None,
+           key_prefix: Sequence[str] = ()) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(name, asset=dg.AssetKey([*key_prefix, _DESCRIPTIONS[name][0]]),
+                              blocking=_DESCRIPTIONS[name][1],
                               description=_DESCRIPTIONS[name][2], partitions_def=partitions_def)
             for name in names]
 
 
-def raw_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+def raw_check_specs(partitions_def: dg.PartitionsDefinition | None,
+                    key_prefix: Sequence[str] = ()) -> list[dg.AssetCheckSpec]:
     """The raw asset's checks, per partition of ``partitions_def``."""
-    return _specs((RAW_IDS_AND_DAYS, RAW_REJECTED), partitions_def)
+    return _specs((RAW_IDS_AND_DAYS, RAW_REJECTED), partitions_def, key_prefix)
 
 
-def csv_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+def csv_check_specs(partitions_def: dg.PartitionsDefinition | None,
+                    key_prefix: Sequence[str] = ()) -> list[dg.AssetCheckSpec]:
     """The CSV asset's check, per partition of ``partitions_def``."""
-    return _specs((CSV_ROWS,), partitions_def)
+    return _specs((CSV_ROWS,), partitions_def, key_prefix)
 
 
-def import_check_specs(partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+def import_check_specs(partitions_def: dg.PartitionsDefinition | None,
+                    key_prefix: Sequence[str] = ()) -> list[dg.AssetCheckSpec]:
     """The import asset's check, per partition of ``partitions_def``."""
-    return _specs((IMPORT_REPORTS,), partitions_def)
+    return _specs((IMPORT_REPORTS,), partitions_def, key_prefix)
 
 
 # The specs without partitions: what the checks are, for whoever reads them without assets.
@@ -123,18 +127,18 @@ def _materialization(context: dg.AssetExecutionContext,
 
 # --- reading the files (small helpers: the only places that open them) ----------------------
 
-def _raw_lines(storage: Storage, day: date) -> list[bytes]:
-    with open(storage.raw_path(day), "rb") as raw:
-        return raw.readlines()
+def _raw_lines(storage: Storage, day: date) -> Iterator[bytes]:
+    """The raw file's lines, streamed."""
+    with storage.open_read(storage.raw_key(day)) as raw:
+        yield from raw
 
 
-def _csv_records(storage: Storage, day: date) -> list[list[str]]:
-    with open(storage.csv_path(day), newline="", encoding="utf-8") as handle:
-        return list(csv.reader(handle))
-
-
-def _import_record(path: Path) -> dict[str, Any]:
-    return orjson.loads(path.read_bytes()) if path.exists() else {"imports": []}
+def _csv_records(storage: Storage, day: date) -> Iterator[list[str]]:
+    """The CSV's records, streamed."""
+    csv.field_size_limit(2**31 - 1)  # cells past csv's default 131,072 characters
+    with storage.open_read(storage.csv_key(day)) as binary, \
+            io.TextIOWrapper(binary, encoding="utf-8", newline="") as handle:
+        yield from csv.reader(handle)
 
 
 # --- the checks, one day each ---------------------------------------------------------------
@@ -143,8 +147,8 @@ def check_raw_file(storage: Storage, day: date, zone: ZoneInfo) -> dg.AssetCheck
     """Ids unique within the day's raw file, and every event on the file's day."""
     problems: list[str] = []
     seen: set[str] = set()
-    lines = _raw_lines(storage, day)
-    for number, line in enumerate(lines, start=1):
+    number = 0
+    for number, line in enumerate(_raw_lines(storage, day), start=1):
         try:
             placed = classify(orjson.loads(line), zone)
         except orjson.JSONDecodeError:
@@ -161,7 +165,7 @@ def check_raw_file(storage: Storage, day: date, zone: ZoneInfo) -> dg.AssetCheck
     return dg.AssetCheckResult(
         check_name=RAW_IDS_AND_DAYS, passed=not problems,
         description=f"{len(problems)} problem(s) in the raw file of {day}" if problems else None,
-        metadata={"events_checked": len(lines), "problems": len(problems),
+        metadata={"events_checked": number, "problems": len(problems),
                   "first_problems": "\n".join(problems[:20]) or "none"},
     )
 
@@ -192,9 +196,10 @@ def _raw_ids(storage: Storage, day: date) -> list[str]:
 
 def _csv_ids(storage: Storage, day: date) -> list[str]:
     records = _csv_records(storage, day)
-    if not records:
+    header = next(records, None)
+    if header is None:
         return []
-    header, rows = records[0], records[1:]
+    rows = records
     index = header.index("id") if "id" in header else None
     return [row[index] if index is not None and index < len(row) else "" for row in rows]
 
@@ -224,7 +229,7 @@ def check_import_reports(outcome: ImportOutcome,
     (``StatusUnknown``) while some of its events are in no later import Pigment completed. The
     check then warns (severity WARN) "could not be verified", unless an import fell short.
     """
-    record = _import_record(outcome.record_path)
+    record = outcome.record
     entries = [entry for entry in record["imports"]
                if configuration_id is None or entry.get("configurationId") == configuration_id]
     rows_by_id = {entry["importId"]: entry["rows"] for entry in entries if entry["importId"]}

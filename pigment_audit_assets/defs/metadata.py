@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO
 
 import dagster as dg
 import pandas as pd
@@ -28,6 +29,9 @@ def raw_day_metadata(day_file: DayFile) -> dict[str, Any]:
         "events_kept_from_before": day_file.kept_from_before,
         "rejected_events": day_file.rejected,
         "rejected_path": str(day_file.rejected_path) if day_file.rejected_path else "none",
+        # Events of days no run can write any more (before the first partition, past 180 days),
+        # filed in this day's rejects: by their own day.
+        "events_set_aside": dg.MetadataValue.json(day_file.set_aside),
         "empty_day": day_file.events == 0,
     }
 
@@ -43,11 +47,17 @@ def scan_summary(scan: ScanResult) -> str:
             f"API request(s), {scan.pages} page(s), {scan.events_seen:,} event(s) seen, "
             f"{scan.duplicates:,} duplicate(s) dropped, {scan.outside_range:,} outside the "
             f"run's days, {scan.rejected:,} rejected; days whose events changed: "
-            f"{', '.join(changed) or 'none'}.")
+            f"{', '.join(changed) or 'none'}"
+            + (f"; ingested since {scan.since:%Y-%m-%d %H:%M:%S}Z, watermark now "
+               f"{scan.watermark:%Y-%m-%d %H:%M:%S}Z" if scan.watermark and scan.since else "")
+            + ".")
 
 
-def csv_day_metadata(summary: CsvSummary) -> dict[str, Any]:
-    """One day's CSV, with a preview of its first rows (pandas reads what we wrote)."""
+def csv_day_metadata(summary: CsvSummary,
+                     preview_source: AbstractContextManager[BinaryIO] | None = None
+                     ) -> dict[str, Any]:
+    """One day's CSV, with a preview of its first rows (pandas reads what we wrote, from
+    ``preview_source``: the stored CSV, opened for reading)."""
     metadata: dict[str, Any] = {
         "dagster/row_count": summary.rows,
         "path": dg.MetadataValue.path(str(summary.path)),
@@ -58,9 +68,10 @@ def csv_day_metadata(summary: CsvSummary) -> dict[str, Any]:
         "collided_columns": dg.MetadataValue.json(dict(summary.collided_columns)),
         "empty_day": summary.rows == 0,
     }
-    if summary.rows:
-        preview = pd.read_csv(summary.path, nrows=PREVIEW_ROWS, dtype=str,
-                              keep_default_na=False, usecols=summary.columns[:8])
+    if summary.rows and preview_source is not None:
+        with preview_source as handle:
+            preview = pd.read_csv(handle, nrows=PREVIEW_ROWS, dtype=str,
+                                  keep_default_na=False, usecols=summary.columns[:8])
         metadata["preview"] = dg.MetadataValue.md(_markdown_table(preview))
     return metadata
 

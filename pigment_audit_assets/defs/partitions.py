@@ -35,3 +35,25 @@ def partition_days(context: dg.AssetExecutionContext) -> list[date]:
     """The days a run covers: one, or a range in a single-run backfill."""
     keys = context.partition_keys
     return [date.fromisoformat(key) for key in keys]
+
+
+def first_partition(context: dg.AssetExecutionContext) -> date:
+    """The asset's first daily partition."""
+    partitions_def = context.assets_def.partitions_def
+    assert partitions_def is not None
+    return date.fromisoformat(partitions_def.get_first_partition_key() or "")
+
+
+def days_materialized_in_run(context: dg.AssetExecutionContext, asset_key: dg.AssetKey
+                             ) -> list[date]:
+    """The days of ``asset_key`` this run materialized, its own partitions and others.
+
+    The daily run's scan places late events in older days beyond the run's partition and
+    records a materialization for each; the downstream steps follow those days.
+    """
+    records = context.instance.get_records_for_run(
+        context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    days = {date.fromisoformat(event.partition) for event in
+            (record.event_log_entry.dagster_event for record in records)
+            if event is not None and event.asset_key == asset_key and event.partition}
+    return sorted(days)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -18,12 +18,21 @@ from ..core.client import (
     check_base_url,
     shared_pacer,
 )
-from ..core.collect import ScanResult, fetch_days
+from ..core.collect import ScanResult, fetch_days, plan_incremental_scan
 from ..core.days import parse_zone
 from ..core.errors import ConfigError
 from ..core.imports import ImportOutcome, push_day
-from ..core.storage import DEFAULT_STORAGE_URL, Storage
-from ..core.table import CsvSummary, write_csv
+from ..core.storage import (
+    DEFAULT_STORAGE_URL,
+    STORAGE_VARIABLE,
+    LocalStorage,
+    Storage,
+    remove_stale_scratch,
+    storage_from_url,
+)
+from ..core.table import CsvSummary, write_stored_csv
+from ..core.watermark import advance_watermark
+from ..core.zones import check_zone
 
 CONFIGURATION_VARIABLE = "PIGMENT_IMPORT_CONFIGURATION_ID"
 
@@ -44,7 +53,8 @@ class PigmentResource(dg.ConfigurableResource):
         default=None, description=f"Import configuration to push into ({CONFIGURATION_VARIABLE}).")
     base_url: str = Field(default="https://pigment.app", description="API host (PIGMENT_BASE_URL).")
     storage_url: str = Field(default=DEFAULT_STORAGE_URL,
-                             description="Local folder for files (PIGMENT_AUDIT_STORAGE_URL).")
+                             description="Where files go: a local folder or s3://bucket/prefix, "
+                                         "gs://, az:// (PIGMENT_AUDIT_STORAGE_URL).")
     timezone: str = Field(default="UTC",
                           description="Zone of the daily partitions (PIGMENT_AUDIT_TIMEZONE).")
     chunk_size_mb: float = Field(default=480.0, description="Largest push, in MiB.")
@@ -61,6 +71,12 @@ class PigmentResource(dg.ConfigurableResource):
     import_poll_seconds: float = Field(default=5.0, description="Longest wait between polls.")
     import_poll_timeout_seconds: float = Field(
         default=1800.0, description="How long to wait for one import to finish.")
+    watermark_overlap_minutes: float = Field(
+        default=60.0, description="How far before the watermark the daily scan starts, for "
+        "events Pigment makes visible after others ingested later (README, late events).")
+    lease_wait_seconds: float = Field(
+        default=3600.0, description="How long a run waits for another run that is pushing the "
+        "same day (the day's lease) before it fails naming that run.")
 
     # --- validated settings ----------------------------------------------------------------
 
@@ -69,8 +85,8 @@ class PigmentResource(dg.ConfigurableResource):
         return parse_zone(self.timezone)
 
     def storage(self) -> Storage:
-        """The storage root."""
-        return Storage.from_url(self.storage_url)
+        """The storage the files live in."""
+        return storage_from_url(self.storage_url)
 
     def chunk_bytes(self) -> int:
         """The chunk size in bytes."""
@@ -93,6 +109,12 @@ class PigmentResource(dg.ConfigurableResource):
         check_base_url(self.base_url)
         self.zone()
         self.storage()
+        if not 0 <= self.watermark_overlap_minutes <= 7 * 24 * 60:
+            raise ConfigError(f"watermark_overlap_minutes must be from 0 to 10080 (a week), not "
+                              f"{self.watermark_overlap_minutes!r}.")
+        if not self.lease_wait_seconds >= 0:
+            raise ConfigError(f"lease_wait_seconds must be 0 or more, not "
+                              f"{self.lease_wait_seconds!r}.")
         for name in ("retry_patience_seconds", "timeout_seconds", "retry_min_backoff_seconds",
                      "retry_max_backoff_seconds", "window_seconds", "import_poll_seconds",
                      "import_poll_timeout_seconds"):
@@ -126,36 +148,61 @@ class PigmentResource(dg.ConfigurableResource):
 
     # --- the three steps --------------------------------------------------------------------
 
-    def fetch_days(self, days: list[date], log: Log) -> ScanResult:
-        """Scan the Audit API once and write the raw (and rejects) file of every day."""
+    def fetch_days(self, days: list[date], log: Log, *, incremental_from: date | None = None,
+                   full_from: date | None = None) -> ScanResult:
+        """Scan the Audit API once and write the raw (and rejects) file of every day.
+
+        With ``incremental_from`` (the first partition), the daily run's scan: from the
+        watermark less the overlap, every event into the raw file of its own day from that
+        first partition on, and the watermark moved forward once the files are written;
+        ``full_from``: a day from which the scan re-reads everything (the look-back).
+        """
         storage, zone = self.storage(), self.zone()
-        for path in storage.remove_stale_scratch():
+        storage.check_access()  # a missing bucket or key fails here, before any request
+        check_zone(storage, zone)  # days of another zone are never mixed into these files
+        now = datetime.now(timezone.utc)
+        plan = plan_incremental_scan(storage, days, zone, now, incremental_from,
+                                     timedelta(minutes=self.watermark_overlap_minutes), log,
+                                     full_from=full_from) if incremental_from else None
+        stale = remove_stale_scratch()
+        if isinstance(storage, LocalStorage):
+            stale += storage.remove_stale_temporaries()
+        for path in stale:
             log.info(f"Removed scratch left by an interrupted run: {path}")
         client = self.client(log, audit=True)
         try:
-            return fetch_days(client, days, zone, storage, now=datetime.now(timezone.utc), log=log)
+            if plan is None:
+                return fetch_days(client, days, zone, storage, now=now, log=log)
+            scan = fetch_days(client, days, zone, storage, now=now, log=log, since=plan.since,
+                              unreachable=plan.unreachable)
         finally:
             client.close()
+        scan.watermark = advance_watermark(storage, plan.state, scan.newest_ingested)
+        return scan
 
     def write_day_csv(self, day: date) -> CsvSummary:
         """Flatten a day's raw file into its CSV."""
         storage = self.storage()
-        raw = storage.raw_path(day)
-        if not raw.exists():
-            raise ConfigError(f"{raw} does not exist: materialize the raw events of {day} first.")
-        return write_csv([raw], storage.csv_path(day))
+        try:
+            return write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day))
+        except FileNotFoundError:
+            raise ConfigError(f"{storage.uri(storage.raw_key(day))} does not exist: materialize "
+                              f"the raw events of {day} first (or check {STORAGE_VARIABLE})."
+                              ) from None
 
-    def push_day(self, day: date, log: Log, *, force: bool = False) -> ImportOutcome:
+    def push_day(self, day: date, log: Log, *, force: bool = False,
+                 owner: str | None = None) -> ImportOutcome:
         """Push the day's not-yet-pushed events and wait for Pigment's reports."""
         storage, configuration_id, chunk_bytes = (self.storage(), self.configuration_id(),
                                                   self.chunk_bytes())
-        if not storage.csv_path(day).exists():
-            raise ConfigError(f"{storage.csv_path(day)} does not exist: materialize the CSV of "
-                              f"{day} first.")
+        if not storage.exists(storage.csv_key(day)):
+            raise ConfigError(f"{storage.uri(storage.csv_key(day))} does not exist: materialize "
+                              f"the CSV of {day} first (or check {STORAGE_VARIABLE}).")
         client = self.client(log, push=True)
         try:
             return push_day(client, storage, day, configuration_id, chunk_bytes, force=force,
                             poll_seconds=self.import_poll_seconds,
-                            poll_timeout_seconds=self.import_poll_timeout_seconds, log=log)
+                            poll_timeout_seconds=self.import_poll_timeout_seconds, log=log,
+                            owner=owner, lease_wait_seconds=self.lease_wait_seconds)
         finally:
             client.close()

@@ -1,8 +1,11 @@
-"""The daily schedule: the last complete day, plus a look-back over the days before it.
+"""The daily schedule: the last complete day, scanned from the ingestion watermark.
 
-Pigment ingests some events hours or days late. Each morning's run therefore covers the range
-``[yesterday - lookback_days, yesterday]`` as one run (one audit scan): days whose events
-changed get their raw file and CSV replaced, and the import pushes only events not yet pushed.
+Pigment ingests some events hours or days late. Each morning's run materializes yesterday and
+scans what Pigment ingested since the previous scan (the watermark, less an overlap): every
+late event goes into the raw file of its own day, whatever its age, and each older day that
+gained events gets its raw file, CSV and import re-done in the same run, with a materialization
+of its own (see the assets). ``lookback_days`` (default 0) adds complete days that the run also
+re-scans in full, from their start: ``[yesterday - (lookback_days - 1), yesterday]``.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from dagster._core.storage.tags import (
 
 from ..core.days import AUDIT_LOOKBACK, day_start, parse_zone
 from ..core.errors import ConfigError
+from .assets import FULL_RESCAN_TAG, INCREMENTAL, SCAN_TAG
 
 HOUR_VARIABLE = "PIGMENT_AUDIT_SCHEDULE_HOUR"
 LOOKBACK_VARIABLE = "PIGMENT_AUDIT_LOOKBACK_DAYS"
 DEFAULT_HOUR = 4
-DEFAULT_LOOKBACK_DAYS = 3
+DEFAULT_LOOKBACK_DAYS = 0
 # A scheduled run may wait in the queue (or for the Pigment pool, behind a long backfill) before
 # its scan starts; a day kept in the range must still be within the 180 days by then.
 LOOKBACK_MARGIN = timedelta(hours=12)
@@ -29,7 +33,8 @@ LOOKBACK_MARGIN = timedelta(hours=12)
 
 def scheduled_days(run_at: datetime, first_partition: date, zone_name: str,
                    lookback_days: int) -> tuple[date, date] | None:
-    """The range a run at ``run_at`` covers: the last complete day and up to N days before.
+    """The range a run at ``run_at`` covers: the last complete day, and with ``lookback_days``
+    N ≥ 2 the N - 1 days before it (N days re-scanned in full from their start).
 
     Clipped to the first partition and to what Pigment's 180-day lookback still reaches
     (with :data:`LOOKBACK_MARGIN` to spare); None when no complete day exists yet.
@@ -39,7 +44,7 @@ def scheduled_days(run_at: datetime, first_partition: date, zone_name: str,
     last = local.date() - timedelta(days=1)
     if last < first_partition:
         return None
-    first = max(first_partition, last - timedelta(days=lookback_days))
+    first = max(first_partition, last - timedelta(days=max(lookback_days - 1, 0)))
     oldest_start = run_at - AUDIT_LOOKBACK + LOOKBACK_MARGIN
     while first <= last and day_start(first, zone) < oldest_start:
         first += timedelta(days=1)
@@ -69,16 +74,19 @@ def schedule_settings(hour: str | None, lookback: str | None) -> tuple[int, int]
 def build_daily_schedule(job: dg.UnresolvedAssetJobDefinition,
                          partitions_def: dg.TimeWindowPartitionsDefinition, *,
                          hour: int = DEFAULT_HOUR,
-                         lookback_days: int = DEFAULT_LOOKBACK_DAYS) -> dg.ScheduleDefinition:
-    """A schedule running ``job`` daily at ``hour`` in the partitions' zone."""
+                         lookback_days: int = DEFAULT_LOOKBACK_DAYS,
+                         name: str = "pigment_audit_daily") -> dg.ScheduleDefinition:
+    """A schedule ``name`` running ``job`` daily at ``hour`` in the partitions' zone."""
     zone_name = partitions_def.timezone
     first_partition = partitions_def.start.date()
 
     @dg.schedule(
-        name="pigment_audit_daily", job=job, cron_schedule=f"0 {hour} * * *",
+        name=name, job=job, cron_schedule=f"0 {hour} * * *",
         execution_timezone=zone_name, default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"At {hour:02d}:00 ({zone_name}): yesterday, and the {lookback_days} days "
-                    "before it for late events, in one run.",
+        description=f"At {hour:02d}:00 ({zone_name}): yesterday, and every older day that "
+                    "gained late events, in one run that scans from the ingestion watermark"
+                    + (f"; the last {lookback_days} day(s) re-scanned in full."
+                       if lookback_days else "."),
     )
     def pigment_audit_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         run_at = context.scheduled_execution_time
@@ -86,10 +94,10 @@ def build_daily_schedule(job: dg.UnresolvedAssetJobDefinition,
         if days is None:
             return dg.SkipReason("No complete day after the first partition yet.")
         first, last = days
-        return dg.RunRequest(
-            run_key=last.isoformat(),
-            tags={ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
-                  ASSET_PARTITION_RANGE_END_TAG: last.isoformat()},
-        )
+        tags = {ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
+                ASSET_PARTITION_RANGE_END_TAG: last.isoformat(), SCAN_TAG: INCREMENTAL}
+        if lookback_days:
+            tags[FULL_RESCAN_TAG] = first.isoformat()
+        return dg.RunRequest(run_key=last.isoformat(), tags=tags)
 
     return pigment_audit_daily

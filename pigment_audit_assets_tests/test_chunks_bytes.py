@@ -1,0 +1,289 @@
+"""Chunking by bytes gives exactly the chunks of the old decode-and-re-encode chunking.
+
+The old implementation is copied here as the reference; random CSVs as our writer writes them
+(``csv.writer``, QUOTE_MINIMAL, CRLF) with quotes, embedded LF / CRLF / CR, commas, unicode and
+empty cells are chunked both ways and compared file by file, with block sizes small enough that
+records, quoted cells and the header straddle blocks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import shutil
+import tracemalloc
+from collections.abc import Collection
+from datetime import date
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pigment_audit_assets.core import chunks as chunks_module
+from pigment_audit_assets.core.chunks import Chunk, chunk_size_bytes, write_chunks
+from pigment_audit_assets.core.errors import ConfigError
+from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.table import write_csv
+from pigment_audit_assets.defs import checks
+
+# --- the reference: chunks.py before the byte copy (commit 327ea3d), unchanged -------------
+
+
+class _RowEncoder:
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, quoting=csv.QUOTE_MINIMAL)
+
+    def encode(self, row: list[str]) -> bytes:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow(row)
+        return self._buffer.getvalue().encode("utf-8")
+
+
+def reference_write_chunks(csv_path: Path, max_bytes: int, work_dir: Path, *,
+                           setting: str = "chunk_size_mb",
+                           skip_ids: Collection[str] = frozenset(),
+                           id_column: str = "id") -> list[Chunk]:
+    """The old ``write_chunks``: records read with ``csv``, re-encoded row by row."""
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    chunks: list[Chunk] = []
+    if csv_path.stat().st_size == 0:
+        return chunks
+    encoder = _RowEncoder()
+    with open(csv_path, newline="", encoding="utf-8") as source:
+        reader = csv.reader(source)
+        header = next(reader, None)
+        if header is None:
+            return chunks
+        header_bytes = encoder.encode(header)
+        id_index = header.index(id_column) if id_column in header else None
+        current: Chunk | None = None
+        handle = None
+        try:
+            for row in reader:
+                event_id = row[id_index] if id_index is not None else ""
+                if event_id and event_id in skip_ids:
+                    continue
+                record = encoder.encode(row)
+                if len(header_bytes) + len(record) > max_bytes:
+                    raise ConfigError(
+                        f"{setting} is too small: a record of {len(record):,} bytes (event "
+                        f"{event_id or 'without id'}) plus the {len(header_bytes):,}-byte header "
+                        f"does not fit in {max_bytes:,} bytes. Raise {setting}."
+                    )
+                if current is None or current.bytes + len(record) > max_bytes:
+                    if handle is not None:
+                        handle.close()
+                    current = Chunk(index=len(chunks) + 1,
+                                    path=work_dir / f"chunk-{len(chunks) + 1:05d}.csv",
+                                    id_index=id_index)
+                    chunks.append(current)
+                    handle = open(current.path, "wb")  # noqa: SIM115 - as it was
+                    handle.write(header_bytes)
+                    current.bytes = len(header_bytes)
+                handle.write(record)
+                current.bytes += len(record)
+                current.rows += 1
+        finally:
+            if handle is not None:
+                handle.close()
+    return chunks
+
+
+# --- random CSVs ---------------------------------------------------------------------------
+
+PIECES = ["a", "plain", "x" * 40, ",", '"', '""', "\n", "\r\n", "\r", " ", "日本語", "é", "🎉",
+          "Dupont, Jr.", '"The Boss"', "", "0", "-1.5"]
+
+
+def random_cell(rng: random.Random) -> str:
+    if rng.random() < 0.25:
+        return ""
+    return "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 6)))
+
+
+def random_csv(rng: random.Random, path: Path) -> list[str]:
+    """A CSV as ``csv.writer`` writes it; returns its ids (unique, some needing quotes)."""
+    width = rng.randint(1, 8)
+    header = [random_cell(rng) or f"c{column}" for column in range(width)]
+    if rng.random() < 0.8:  # most have an id column, anywhere
+        header[rng.randrange(width)] = "id"
+    ids = []
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(header)
+    for number in range(rng.randint(0, 60)):
+        row = [random_cell(rng) for _ in range(width)]
+        if "id" in header:
+            event_id = f"e{number}" + rng.choice(["", ",x", '"q"', "\r\nline", "é"])
+            row[header.index("id")] = event_id
+            ids.append(event_id)
+        writer.writerow(row)
+    path.write_bytes(buffer.getvalue().encode("utf-8"))
+    return ids
+
+
+def chunk_facts(chunks: list[Chunk]) -> list[tuple[int, str, int, int, int | None, bytes]]:
+    return [(chunk.index, chunk.path.name, chunk.rows, chunk.bytes, chunk.id_index,
+             chunk.path.read_bytes()) for chunk in chunks]
+
+
+def both(csv_path: Path, max_bytes: int, tmp_path: Path, **options: object
+         ) -> tuple[object, object]:
+    """The two implementations' chunks (facts, or the error's text) for the same input."""
+    outcomes = []
+    for name, function in (("old", reference_write_chunks), ("new", write_chunks)):
+        try:
+            outcomes.append(chunk_facts(function(csv_path, max_bytes, tmp_path / name,
+                                                 **options)))
+        except ConfigError as error:
+            outcomes.append(str(error))
+    return outcomes[0], outcomes[1]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_csvs_chunk_byte_for_byte_as_before(tmp_path: Path, seed: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(seed)
+    # Tiny blocks: records, quoted cells, CRLFs and the header straddle block edges.
+    monkeypatch.setattr(chunks_module, "BLOCK_BYTES", rng.choice([1, 2, 7, 64, 1 << 20]))
+    csv_path = tmp_path / "day.csv"
+    ids = random_csv(rng, csv_path)
+    size = csv_path.stat().st_size
+    compared = 0
+    for max_bytes in sorted({rng.randint(1, size + 10) for _ in range(4)} | {size + 10}):
+        old, new = both(csv_path, max_bytes, tmp_path, setting="--chunk-size")
+        assert new == old
+        compared += isinstance(old, list)
+        skip = set(rng.sample(ids, k=len(ids) // 3)) if ids else {"none"}
+        old, new = both(csv_path, max_bytes, tmp_path, skip_ids=skip)
+        assert new == old
+    assert compared  # at least the size that fits everything chunked without an error
+    # The chunk files hold whole records: their ids read back as the reference's.
+    new_chunks = write_chunks(csv_path, size + 10, tmp_path / "ids")
+    assert [i for chunk in new_chunks for i in chunk.event_ids] == ids
+
+
+def test_several_chunks_from_a_stream_with_short_reads(tmp_path: Path) -> None:
+    """A streaming reader (the object store's) may hand out fewer bytes than asked for."""
+
+    class Trickle(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data, self.at = data, 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            piece = self.data[self.at:self.at + min(size, 5)]
+            self.at += len(piece)
+            return bytearray(piece)  # not bytes: the chunker must cope
+
+    csv_path = tmp_path / "day.csv"
+    rows = [["id", "text", "n"]] + [[f"e{n}", "a,\r\nb \"é\"\n" * (n % 4), ""] for n in range(60)]
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    stream = Trickle(csv_path.read_bytes())
+    old = chunk_facts(reference_write_chunks(csv_path, 600, tmp_path / "old"))
+    new = chunk_facts(write_chunks(stream, 600, tmp_path / "new"))
+    assert len(old) > 2 and new == old
+    assert not stream.closed  # the caller's stream is the caller's to close
+
+
+def test_memory_stays_flat_whatever_the_size(tmp_path: Path) -> None:
+    """A 40 MiB CSV in 16 MiB chunks: Python's allocations peak at a few blocks (and a cut
+    block's lines), far below a chunk or the file."""
+    rows = [["id", "text"]] + [[f"e{n}", 'a,"b"\r\nc' * (n % 50)] for n in range(2000)]
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    body = buffer.getvalue().encode().split(b"\r\n", 1)[1]
+    csv_path = tmp_path / "day.csv"
+    with open(csv_path, "wb") as handle:
+        handle.write(b"id,text\r\n")
+        for _ in range(40 * 1024 * 1024 // len(body)):
+            handle.write(body)
+    tracemalloc.start()
+    try:
+        chunks = write_chunks(csv_path, 16 * 1024 * 1024, tmp_path / "chunks")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(chunks) == 3  # every byte in a chunk, the 9-byte header once per chunk:
+    assert sum(chunk.bytes for chunk in chunks) == csv_path.stat().st_size + 9 * (len(chunks) - 1)
+    assert peak < 16 * chunks_module.BLOCK_BYTES  # 4 MiB, where a chunk is 16 MiB
+
+
+@pytest.mark.parametrize("data", [b'id,text\r\n1,a\r\n2,"b\r\nc"', b"id,text\r\n1,a\r\n2,b\r",
+                                  b"id,text\r\n1,a\r\n2,b", b"c\r\n1\r\n\r"])
+def test_a_last_record_without_its_line_end_is_ended_as_before(tmp_path: Path,
+                                                                data: bytes) -> None:
+    csv_path = tmp_path / "day.csv"
+    csv_path.write_bytes(data)
+    old, new = both(csv_path, 1000, tmp_path)
+    assert new == old and isinstance(new, list) and new[0][5].endswith(b"\r\n")
+
+
+def test_a_header_only_or_empty_source_gives_no_chunks(tmp_path: Path) -> None:
+    assert write_chunks(io.BytesIO(b""), 100, tmp_path / "a") == []
+    assert write_chunks(io.BytesIO(b'id,"a\r\nb"\r\n'), 100, tmp_path / "b") == []
+
+
+def test_a_record_too_big_names_the_setting_and_the_event(tmp_path: Path) -> None:
+    data = b'id,text\r\n1,short\r\n"2,x","' + b"long\r\n" * 30 + b'"\r\n'
+    with pytest.raises(ConfigError, match=r"^--chunk-size is too small: a record of 190 bytes "
+                                          r"\(event 2,x\) plus the 9-byte header"):
+        write_chunks(io.BytesIO(data), 120, tmp_path / "chunks", setting="--chunk-size")
+
+
+def test_a_source_ending_inside_a_quoted_cell_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(csv.Error, match="inside a quoted cell"):
+        write_chunks(io.BytesIO(b'id,text\r\n1,"open\r\n'), 100, tmp_path / "chunks")
+
+
+@pytest.mark.parametrize("size", [float("nan"), float("inf"), float("-inf"), -1.0, 0.0])
+def test_chunk_size_must_be_finite_and_positive(size: float) -> None:
+    with pytest.raises(ConfigError, match=r"^--chunk-size must be a positive number of "
+                                          r"megabytes, not "):
+        chunk_size_bytes(size, "--chunk-size")
+    assert chunk_size_bytes(50, "--chunk-size") == 50 * 1024 * 1024
+
+
+def test_a_five_mebibyte_cell_goes_through_csv_chunks_and_checks(tmp_path: Path) -> None:
+    """Past csv's default field limit (131,072 characters): write_csv, chunks and checks."""
+    day = date(2025, 9, 1)
+    storage = Storage(tmp_path / "store")
+    big = "é, \"quoted\"\r\n" * (5 * 1024 * 1024 // 15)  # 5 MiB of text needing quotes
+    events = [{"id": "a", "eventTimestamp": "2025-09-01T10:00:00Z", "note": "small"},
+              {"id": "b", "eventTimestamp": "2025-09-01T11:00:00Z", "note": big},
+              {"id": "c", "eventTimestamp": "2025-09-01T12:00:00Z", "note": "small"}]
+    raw = storage.raw_path(day)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in events))
+    csv_path = storage.csv_path(day)
+    write_csv([raw], csv_path)
+    assert csv_path.stat().st_size > 5 * 1024 * 1024
+    default = csv.field_size_limit()
+    try:
+        # The limit is process-wide: put the default back before each step, so that each
+        # one is shown to raise it itself (skip_ids parses ids from the record bytes).
+        csv.field_size_limit(131_072)
+        chunks = write_chunks(csv_path, 6 * 1024 * 1024, tmp_path / "chunks",
+                              skip_ids={"a"})
+        csv.field_size_limit(131_072)
+        assert [chunk.event_ids for chunk in chunks] == [["b", "c"]]
+        assert chunks[0].path.read_bytes() == csv_path.read_bytes().replace(
+            b'a,2025-09-01T10:00:00Z,small\r\n', b"")
+        with open(chunks[0].path, newline="", encoding="utf-8") as handle:
+            assert list(csv.reader(handle))[1][-1] == big
+        csv.field_size_limit(131_072)
+        result = checks.check_csv_rows(storage, day)
+        assert result.passed and result.metadata["csv_rows"].value == 3
+        csv.field_size_limit(131_072)
+        with pytest.raises(ConfigError, match=r"event b\)"):  # its id, read from the bytes
+            write_chunks(csv_path, 1024 * 1024, tmp_path / "small")
+    finally:
+        csv.field_size_limit(default)
