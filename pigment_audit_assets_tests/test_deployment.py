@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import itertools
 import json
 import logging
@@ -36,7 +37,14 @@ import orjson
 import pytest
 import yaml
 
-from pigment_audit_assets_tests.conftest import AUDIT_KEY, CONFIGURATION_ID, IMPORT_KEY, TODAY
+from pigment_audit_assets_tests.conftest import (
+    AUDIT_KEY,
+    CONFIGURATION_ID,
+    IMPORT_KEY,
+    S3_ENVIRONMENT,
+    TODAY,
+    s3_client,
+)
 from pigment_audit_assets_tests.schedule_support import UTC, raw_ids, truth_ids
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
@@ -438,7 +446,7 @@ def postgres() -> Iterator[Postgres]:
 @dataclass
 class Services:
     home: Path
-    data: Path
+    data: str  # PIGMENT_AUDIT_STORAGE_URL: s3://bucket/prefix on the moto server
     logs: list[Path]
     webserver: DagsterDev
     env: dict[str, str]
@@ -525,10 +533,14 @@ def slow_pigment() -> Iterator[PigmentStandIn]:
 
 
 @pytest.fixture
-def services(postgres: Postgres, slow_pigment: PigmentStandIn,
+def services(postgres: Postgres, slow_pigment: PigmentStandIn, s3_url: str,
              tmp_path: Path) -> Iterator[Services]:
-    """Code server, webserver and daemon apart, on deploy/dagster.yaml and deploy/workspace.yaml."""
-    home, data = tmp_path / "dagster_home", tmp_path / "data"
+    """Code server, webserver and daemon apart, on deploy/dagster.yaml and deploy/workspace.yaml.
+
+    Files on S3 (moto's server on 127.0.0.1): ``s3_url`` has set the standard AWS variables
+    (keys, region, AWS_ENDPOINT_URL) in this environment, which every process inherits.
+    """
+    home, data = tmp_path / "dagster_home", s3_url
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
     shutil.copy(DEPLOY / "workspace.yaml", home / "workspace.yaml")
@@ -544,7 +556,7 @@ def services(postgres: Postgres, slow_pigment: PigmentStandIn,
         "PIGMENT_AUDIT_API_KEY": AUDIT_KEY, "PIGMENT_IMPORT_API_KEY": IMPORT_KEY,
         "PIGMENT_IMPORT_CONFIGURATION_ID": CONFIGURATION_ID,
         "PIGMENT_BASE_URL": slow_pigment.base_url,
-        "PIGMENT_AUDIT_STORAGE_URL": str(data),
+        "PIGMENT_AUDIT_STORAGE_URL": data,
         "PIGMENT_AUDIT_START_DATE": (TODAY - timedelta(days=30)).isoformat(),
         "PIGMENT_AUDIT_TIMEZONE": "UTC",
         "PIGMENT_AUDIT_SCHEDULE_HOUR": str(off_hour),
@@ -604,7 +616,11 @@ def step_intervals(postgres: Postgres, run_ids: list[str]) -> list[tuple[float, 
 
 @pytest.mark.slow
 def test_production_instance_runs_two_backfills_one_pool_step_at_a_time(
-        services: Services, postgres: Postgres, slow_pigment: PigmentStandIn) -> None:
+        services: Services, postgres: Postgres, slow_pigment: PigmentStandIn, scratch: Path,
+        s3_endpoint: str, tmp_path: Path) -> None:
+    from pigment_audit_assets.core.storage import storage_from_url
+
+    storage = storage_from_url(services.data)
     dev = services.webserver
     wait_until_ready(dev)
     keys = [day.isoformat() for day in SLOW_DAYS]
@@ -623,14 +639,20 @@ def test_production_instance_runs_two_backfills_one_pool_step_at_a_time(
     expected: list[str] = []
     for day in SLOW_DAYS:
         truth = truth_ids(slow_pigment, day)
-        assert truth and sorted(raw_ids(services.data, day)) == truth, day
-        with open(services.data / "csv" / f"{day}.csv", newline="", encoding="utf-8") as handle:
-            assert sorted(row["id"] for row in csv.DictReader(handle)) == truth
-        record = orjson.loads((services.data / "imports" / f"{day}.json").read_bytes())
+        raw = storage.read_bytes(storage.raw_key(day)) or b""
+        assert truth and sorted(orjson.loads(line)["id"] for line in raw.splitlines()) == truth
+        rows = csv.DictReader(io.StringIO((storage.read_bytes(storage.csv_key(day)) or b"")
+                                          .decode(), newline=""))
+        assert sorted(row["id"] for row in rows) == truth
+        record = orjson.loads(storage.read_bytes(storage.import_record_key(day)) or b"{}")
         assert sorted(event_id for entry in record["imports"]
                       for event_id in entry["eventIds"]) == truth
         expected += truth
     assert max(pushed.values()) == 1 and sorted(pushed) == sorted(expected)
+    # Nothing of the data on local disk: scratch emptied after each step, no local data folder.
+    assert list(scratch.iterdir()) == []
+    assert not [path for path in (REPOSITORY / "pigment_audit_data", tmp_path / "data",
+                                  services.home / "pigment_audit_data") if path.exists()]
 
     # The runs are in PostgreSQL (nowhere else: DAGSTER_HOME holds no SQLite database).
     with contextlib.closing(postgres.connect()) as conn, conn.cursor() as cursor:
@@ -654,13 +676,21 @@ def test_production_instance_runs_two_backfills_one_pool_step_at_a_time(
     assert {tick["status"] for tick in ticks} == {"SKIPPED"}, ticks
     assert "held by a live run, or free" in ticks[0]["skipReason"]
 
-    # No key or database password in the logs, the files under DAGSTER_HOME, the data, the
-    # event log or the run records.
-    secret_values = [AUDIT_KEY, IMPORT_KEY, postgres.password]
-    for path in [*services.logs, *services.home.rglob("*"), *services.data.rglob("*")]:
+    # No Pigment key, S3 secret key or database password in the logs, the files under
+    # DAGSTER_HOME, the objects on S3, the event log or the run records.
+    secret_values = [AUDIT_KEY, IMPORT_KEY, S3_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
+                     postgres.password]
+    for path in [*services.logs, *services.home.rglob("*")]:
         if path.is_file():
             content = path.read_bytes()
             assert not [s for s in secret_values if s.encode() in content], path
+    bucket = services.data.removeprefix("s3://").split("/")[0]
+    client = s3_client(s3_endpoint)
+    objects = client.list_objects_v2(Bucket=bucket)["Contents"]
+    assert len(objects) >= 3 * len(SLOW_DAYS)  # raw, CSV and import record of every day
+    for listed in objects:
+        content = client.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read()
+        assert not [s for s in secret_values if s.encode() in content], listed["Key"]
     with contextlib.closing(postgres.connect()) as conn, conn.cursor() as cursor:
         for table, column in (("event_logs", "event"), ("runs", "run_body")):
             for secret_value in secret_values:
