@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -135,6 +136,9 @@ def test_two_materializations_of_one_day_at_once_without_the_pool_limit(
     command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize",
                "-m", "pigment_audit_assets.definitions", "--select", "*",
                "--partition", DAY.isoformat(), "--config-json", config]
+    # The instance's SQLite files exist before two processes open them at once.
+    subprocess.run([str(Path(sys.executable).with_name("dagster")), "instance", "migrate"],
+                   env=env, cwd=tmp_path, check=True, capture_output=True)
     stand_in.push_gate.clear()  # hold the first push until the second run is seen waiting
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     runs = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=handle,
@@ -212,3 +216,20 @@ def test_a_full_disk_while_saving_the_record_loses_no_accepted_import(
     record = orjson.loads(storage.read_bytes(storage.import_record_key(DAY)) or b"{}")
     assert record["imports"][0]["importId"] == accepted
     assert not journal.exists()  # absorbed into the record
+
+
+def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_at_once(
+        stand_in: PigmentStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    storage = storage_from_url(str(tmp_path / "data"))
+    ids = _prepare_day(storage, 30)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    left = {"owner": "Dagster run killed", "host": socket.gethostname(), "pid": gone.pid,
+            "token": "t", "expiresAt": time.time() + 600.0}
+    storage.write_bytes(storage.lease_key(DAY), orjson.dumps(left))
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        outcome = push_day(make_client(stand_in), storage, DAY, CONFIGURATION_ID, 1 << 20,
+                           log=log, poll_seconds=0.01, lease_wait_seconds=0)
+    assert outcome.rows_pushed == 30
+    assert sorted(row["id"] for row in stand_in.pushed_rows()) == sorted(ids)
+    assert "no longer runs on this host" in caplog.text
