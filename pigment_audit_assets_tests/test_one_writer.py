@@ -15,12 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
 import pytest
 
+from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.errors import DayLeaseHeldError, StorageError
 from pigment_audit_assets.core.imports import push_day, unsaved_journal
 from pigment_audit_assets.core.storage import Storage, storage_from_url
@@ -233,3 +234,20 @@ def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_at_once(
     assert outcome.rows_pushed == 30
     assert sorted(row["id"] for row in stand_in.pushed_rows()) == sorted(ids)
     assert "no longer runs on this host" in caplog.text
+
+
+def test_a_scan_does_not_rewrite_a_day_whose_raw_file_another_scan_is_writing(
+        stand_in: PigmentStandIn, storage: Storage) -> None:
+    stand_in.add_events(synthetic_events(DAY, 20, seed=14))
+    storage.write_bytes(storage.raw_key(DAY), b"")
+    holder = {"owner": "a scan in process 4242", "host": "pod-c", "pid": 4242, "token": "t",
+              "expiresAt": time.time() + 600.0}
+    assert storage.create(storage.raw_lease_key(DAY), orjson.dumps(holder))
+    with pytest.raises(DayLeaseHeldError, match=r"a scan in process 4242 \(host pod-c"):
+        fetch_days(make_client(stand_in), [DAY], timezone.utc, storage,
+                   now=datetime.now(timezone.utc), log=log, lease_wait_seconds=0)
+    assert storage.read_bytes(storage.raw_key(DAY)) == b""  # left to the scan that holds it
+    storage.delete(storage.raw_lease_key(DAY))
+    scan = fetch_days(make_client(stand_in), [DAY], timezone.utc, storage,
+                      now=datetime.now(timezone.utc), log=log, lease_wait_seconds=0)
+    assert scan.days[DAY].events == 20 and storage.list("leases/") == []

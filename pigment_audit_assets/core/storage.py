@@ -159,6 +159,11 @@ class Storage(ABC):
         """The lease the day's import step holds while it pushes."""
         return f"leases/import-{day.isoformat()}.json"
 
+    @staticmethod
+    def raw_lease_key(day: date) -> str:
+        """The lease a scan holds while it merges and rewrites the day's raw file."""
+        return f"leases/raw-{day.isoformat()}.json"
+
     # --- what each backend provides -----------------------------------------------------
 
     @abstractmethod
