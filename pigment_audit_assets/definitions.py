@@ -18,6 +18,7 @@ import dagster as dg
 from .defs.assets import GROUP, build_assets
 from .defs.component import load_workspaces
 from .defs.partitions import START_DATE_VARIABLE, TIMEZONE_VARIABLE, daily_partitions
+from .defs.pool_watch import pool_watch_definitions
 from .defs.resources import CONFIGURATION_VARIABLE, PigmentResource
 from .defs.schedules import (
     HOUR_VARIABLE,
@@ -89,4 +90,4 @@ def build_environment_definitions() -> dg.Definitions:
                           executor=dg.in_process_executor)
 
 
-defs = build_definitions()
+defs = dg.Definitions.merge(build_definitions(), pool_watch_definitions())

@@ -23,7 +23,7 @@ import pytest
 from pigment_audit_assets.core import chunks as chunks_module
 from pigment_audit_assets.core.chunks import Chunk, chunk_size_bytes, write_chunks
 from pigment_audit_assets.core.errors import ConfigError
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.core.table import write_csv
 from pigment_audit_assets.defs import checks
 
@@ -255,7 +255,7 @@ def test_chunk_size_must_be_finite_and_positive(size: float) -> None:
 def test_a_five_mebibyte_cell_goes_through_csv_chunks_and_checks(tmp_path: Path) -> None:
     """Past csv's default field limit (131,072 characters): write_csv, chunks and checks."""
     day = date(2025, 9, 1)
-    storage = Storage(tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
     big = "é, \"quoted\"\r\n" * (5 * 1024 * 1024 // 15)  # 5 MiB of text needing quotes
     events = [{"id": "a", "eventTimestamp": "2025-09-01T10:00:00Z", "note": "small"},
               {"id": "b", "eventTimestamp": "2025-09-01T11:00:00Z", "note": big},

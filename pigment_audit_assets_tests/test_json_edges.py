@@ -23,7 +23,7 @@ import pytest
 from pigment_audit_assets.core import jsonio
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.days import parse_zone
-from pigment_audit_assets.core.storage import Storage
+from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.core.table import CsvTable, write_csv
 from pigment_audit_assets_tests.conftest import DAY, STAND_IN_NOW, make_client
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
@@ -205,7 +205,7 @@ def test_integers_beyond_64_bits_reach_the_raw_file_and_the_csv_exactly(
                                          "u64": 2**64 - 1, "small": 5, "ratio": 1.5e-7,
                                          "list": [BIG, 1, "x"]})
     stand_in.add_events([*events, big])
-    storage = Storage(tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
     with CsvTable(tmp_path / "scratch") as table:
         scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
                           now=STAND_IN_NOW, log=log, table=table)
@@ -218,8 +218,8 @@ def test_integers_beyond_64_bits_reach_the_raw_file_and_the_csv_exactly(
     assert b'"list":[123456789012345678901234567890,1,"x"]' in line
     assert repr(json.loads(line)) == repr(big)  # the API's values, every one exact
     from_raw = write_csv([raw], tmp_path / "from_raw.csv")
-    ours = from_raw.path.read_bytes()
-    assert rendered.path.read_bytes() == ours  # the command line's CSV and the assets'
+    ours = Path(from_raw.path).read_bytes()
+    assert Path(rendered.path).read_bytes() == ours  # the command line's CSV and the assets'
     assert b",123456789012345678901234567890," in ours
     assert b"-98765432109876543210" in ours and b"e+29" not in ours
     assert ours == script_csv(raw, tmp_path / "theirs.csv")
@@ -237,7 +237,7 @@ def test_an_event_nested_too_deep_is_rejected_and_the_day_lands(
         stand_in.add_events([*events, *deep])
     finally:
         sys.setrecursionlimit(limit)
-    storage = Storage(tmp_path / "store")
+    storage = LocalStorage(tmp_path / "store")
     for scan_number in (1, 2):  # the second scan reads the first one's rejects back
         with CsvTable(tmp_path / "scratch") as table:
             scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,

@@ -12,11 +12,19 @@ import io
 from datetime import timedelta
 from pathlib import Path
 
+import dagster as dg
 import orjson
 
 from pigment_audit_assets.core.storage import storage_from_url
 from pigment_audit_assets.defs.resources import PigmentResource
-from pigment_audit_assets_tests.conftest import DAY, resource_settings
+from pigment_audit_assets_tests.conftest import (
+    AUDIT_KEY,
+    DAY,
+    IMPORT_KEY,
+    S3_ENVIRONMENT,
+    resource_settings,
+    s3_client,
+)
 from pigment_audit_assets_tests.stand_in import Fault, PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
 from pigment_audit_assets_tests.test_assets import by_partition, run
@@ -97,3 +105,25 @@ def test_a_missing_bucket_fails_the_run_before_any_pigment_request(
     assert "bucket-that-is-not-there" in message and "PIGMENT_AUDIT_STORAGE_URL" in message
     assert failure.step_key == "raw_audit_events"
     assert sum(stand_in.request_counts.values()) == 0
+
+
+def test_no_key_or_storage_secret_in_logs_metadata_or_objects(
+        stand_in: PigmentStandIn, s3_url: str, s3_endpoint: str, tmp_path: Path) -> None:
+    stand_in.add_events(synthetic_events(DAY, 80, seed=12))
+    resource = PigmentResource(**resource_settings(stand_in, tmp_path, storage_url=s3_url))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run(resource, day=DAY.isoformat(), instance=instance).success
+        bad = PigmentResource(**resource_settings(stand_in, tmp_path,
+                                                  storage_url="s3://missing-bucket-x1/audit"))
+        failed = run(bad, day=DAY.isoformat(), instance=instance, raise_on_error=False)
+        assert not failed.success
+        text = "\n".join(str(entry) for run_record in instance.get_runs()
+                         for entry in instance.all_logs(run_record.run_id))
+    client = s3_client(s3_endpoint)
+    bucket = s3_url.split("/")[2]
+    objects = b"".join(client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                       for item in client.list_objects_v2(Bucket=bucket)["Contents"])
+    for secret in (S3_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"], AUDIT_KEY, IMPORT_KEY):
+        assert secret not in text and secret.encode() not in objects
+        assert secret not in repr(resource)
+    assert "missing-bucket-x1" in text  # the failure itself is in the logs, naming the bucket

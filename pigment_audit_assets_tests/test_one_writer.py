@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
 import pytest
 
+from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.errors import DayLeaseHeldError, StorageError
 from pigment_audit_assets.core.imports import push_day, unsaved_journal
 from pigment_audit_assets.core.storage import Storage, storage_from_url
@@ -135,6 +137,9 @@ def test_two_materializations_of_one_day_at_once_without_the_pool_limit(
     command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize",
                "-m", "pigment_audit_assets.definitions", "--select", "*",
                "--partition", DAY.isoformat(), "--config-json", config]
+    # The instance's SQLite files exist before two processes open them at once.
+    subprocess.run([str(Path(sys.executable).with_name("dagster")), "instance", "migrate"],
+                   env=env, cwd=tmp_path, check=True, capture_output=True)
     stand_in.push_gate.clear()  # hold the first push until the second run is seen waiting
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     runs = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=handle,
@@ -212,3 +217,37 @@ def test_a_full_disk_while_saving_the_record_loses_no_accepted_import(
     record = orjson.loads(storage.read_bytes(storage.import_record_key(DAY)) or b"{}")
     assert record["imports"][0]["importId"] == accepted
     assert not journal.exists()  # absorbed into the record
+
+
+def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_at_once(
+        stand_in: PigmentStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    storage = storage_from_url(str(tmp_path / "data"))
+    ids = _prepare_day(storage, 30)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    left = {"owner": "Dagster run killed", "host": socket.gethostname(), "pid": gone.pid,
+            "token": "t", "expiresAt": time.time() + 600.0}
+    storage.write_bytes(storage.lease_key(DAY), orjson.dumps(left))
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        outcome = push_day(make_client(stand_in), storage, DAY, CONFIGURATION_ID, 1 << 20,
+                           log=log, poll_seconds=0.01, lease_wait_seconds=0)
+    assert outcome.rows_pushed == 30
+    assert sorted(row["id"] for row in stand_in.pushed_rows()) == sorted(ids)
+    assert "no longer runs on this host" in caplog.text
+
+
+def test_a_scan_does_not_rewrite_a_day_whose_raw_file_another_scan_is_writing(
+        stand_in: PigmentStandIn, storage: Storage) -> None:
+    stand_in.add_events(synthetic_events(DAY, 20, seed=14))
+    storage.write_bytes(storage.raw_key(DAY), b"")
+    holder = {"owner": "a scan in process 4242", "host": "pod-c", "pid": 4242, "token": "t",
+              "expiresAt": time.time() + 600.0}
+    assert storage.create(storage.raw_lease_key(DAY), orjson.dumps(holder))
+    with pytest.raises(DayLeaseHeldError, match=r"a scan in process 4242 \(host pod-c"):
+        fetch_days(make_client(stand_in), [DAY], timezone.utc, storage,
+                   now=datetime.now(timezone.utc), log=log, lease_wait_seconds=0)
+    assert storage.read_bytes(storage.raw_key(DAY)) == b""  # left to the scan that holds it
+    storage.delete(storage.raw_lease_key(DAY))
+    scan = fetch_days(make_client(stand_in), [DAY], timezone.utc, storage,
+                      now=datetime.now(timezone.utc), log=log, lease_wait_seconds=0)
+    assert scan.days[DAY].events == 20 and storage.list("leases/") == []

@@ -26,10 +26,15 @@ def ensure_installed() -> Path:
         [str(python), "-c", "import pigment_audit_assets, dagster_webserver, pytest"],
         capture_output=True, cwd=ROOT,
     )
-    if probe.returncode != 0:
+    # The dependencies changed since the last install (setup.cfg is newer than its stamp): a
+    # venv made before a new dependency gets it too.
+    stamp = VENV / ".installed-setup-cfg"
+    current = (ROOT / "setup.cfg").read_bytes()
+    if probe.returncode != 0 or not stamp.exists() or stamp.read_bytes() != current:
         print("Installing the project: pip install -e '.[dev]' ...", flush=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
                        check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", ".[dev]"],
                        cwd=ROOT, check=True)
+        stamp.write_bytes(current)
     return python

@@ -45,6 +45,7 @@ from .days import (
     epoch_microseconds,
     parse_timestamp,
 )
+from .lease import hold_lease
 from .storage import Storage, scratch_dir
 from .table import CsvTable
 from .watermark import WATERMARK_KEY, WatermarkState, read_watermark
@@ -443,6 +444,7 @@ def fetch_days(
     table: CsvTable | None = None,
     since: datetime | None = None,
     unreachable: Callable[[date], str | None] | None = None,
+    lease_wait_seconds: float = 3600.0,
 ) -> ScanResult:
     """Scan the Audit API once for ``days`` and write each day's raw and rejects files.
 
@@ -460,7 +462,7 @@ def fetch_days(
         since = day_start(wanted[0], zone)
     with scratch_dir("scan") as work:
         return _scan(client, wanted, zone, storage, work, since, unreachable, log=log,
-                     on_page=on_page, table=table)
+                     on_page=on_page, table=table, lease_wait_seconds=lease_wait_seconds)
 
 
 @dataclass
@@ -534,7 +536,8 @@ def _newest_ingestion(page: list[Any], newest: datetime | None) -> datetime | No
 
 def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: Storage,
           work: Path, since: datetime, unreachable: Callable[[date], str | None] | None, *,
-          log: Log, on_page: Any, table: CsvTable | None) -> ScanResult:
+          log: Log, on_page: Any, table: CsvTable | None,
+          lease_wait_seconds: float) -> ScanResult:
     wanted_set = set(wanted)
     place = _Classifier(zone)
     day_keys = {day: day.isoformat() for day in wanted}
@@ -607,7 +610,7 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
             result.days[day] = _write_day(
                 spool, storage, day, zone, log, table,
                 partial_scan=incremental and since > day_start(day, zone),
-                only_if_added=day not in wanted_set)
+                only_if_added=day not in wanted_set, lease_wait_seconds=lease_wait_seconds)
         for day, counts in filed.items():
             result.days[day].set_aside = dict(sorted(counts.items()))
     finally:
@@ -674,13 +677,24 @@ class _DigestingWriter:
 
 def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
                table: CsvTable | None, *, partial_scan: bool = False,
-               only_if_added: bool = False) -> DayFile:
+               only_if_added: bool = False, lease_wait_seconds: float = 3600.0) -> DayFile:
     """Merge the day's stored file into the spool and write the day's file and rejects.
 
     ``partial_scan``: the scan started after the day began (from the watermark), so stored
     events it did not see are expected. ``only_if_added``: leave the file alone when the scan
     brought it nothing new (an older day seen only through the watermark's overlap).
     """
+    # Read, merge and rewrite under the day's lease: two scans writing one day at once (a
+    # backfill beside the daily run, no pool limit) would each drop what only the other saw.
+    with hold_lease(storage, storage.raw_lease_key(day), f"a scan in process {os.getpid()}",
+                    log=log, wait_seconds=lease_wait_seconds):
+        return _merge_and_write(spool, storage, day, zone, log, table, partial_scan=partial_scan,
+                                only_if_added=only_if_added)
+
+
+def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
+                     table: CsvTable | None, *, partial_scan: bool,
+                     only_if_added: bool) -> DayFile:
     key = day.isoformat()
     file_key = storage.raw_key(day)
     day_file = DayFile(day=day, path=storage.uri(file_key))

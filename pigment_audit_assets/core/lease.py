@@ -4,7 +4,8 @@ A lease is a small object beside the day's files (``leases/import-<day>.json``) 
 holder and when it expires. It is taken with a conditional create (a hard link on local disk,
 ``If-None-Match: *`` on an object store), renewed by a background thread with a conditional
 replace (``If-Match`` on the ETag), and deleted when the step ends. A holder killed with
-``kill -9`` stops renewing, so its lease expires and the next run takes it over. Two runs of
+``kill -9`` stops renewing, so its lease expires and the next run takes it over (at once, when
+the holder ran on the same host and its process is gone). Two runs of
 one day, from two deployments on one storage or with no pool limit, push one after the other:
 the second reads the import record only once it holds the lease, so it pushes nothing twice.
 """
@@ -51,6 +52,22 @@ class Lease:
 def _holder(body: dict[str, Any]) -> str:
     return (f"{body.get('owner', 'an unknown run')} (host {body.get('host', '?')}, pid "
             f"{body.get('pid', '?')})")
+
+
+def _dead_here(body: dict[str, Any]) -> bool:
+    """Whether the holder ran on this host and its process is gone (killed, say): its lease
+    can be taken at once instead of after its expiry. Another host's holder is never judged."""
+    if body.get("host") != socket.gethostname() or not isinstance(body.get("pid"), int):
+        return False
+    if body["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(body["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:
@@ -107,8 +124,10 @@ def _acquire(storage: Storage, key: str, owner: str, *, log: Log, ttl_seconds: f
         if current is None:
             continue  # released meanwhile
         held = _parse(current[0])
-        if held is None or held["expiresAt"] < clock():
-            reason = "unreadable" if held is None else f"expired, left by {_holder(held)}"
+        if held is None or held["expiresAt"] < clock() or _dead_here(held):
+            reason = ("unreadable" if held is None else
+                      f"expired, left by {_holder(held)}" if held["expiresAt"] < clock() else
+                      f"left by {_holder(held)}, which no longer runs on this host")
             if storage.replace(key, data, current[1]):
                 log.warning(f"Took over the lease {storage.uri(key)} ({reason}).")
                 current = storage.read_versioned(key)

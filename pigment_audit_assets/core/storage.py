@@ -159,6 +159,11 @@ class Storage(ABC):
         """The lease the day's import step holds while it pushes."""
         return f"leases/import-{day.isoformat()}.json"
 
+    @staticmethod
+    def raw_lease_key(day: date) -> str:
+        """The lease a scan holds while it merges and rewrites the day's raw file."""
+        return f"leases/raw-{day.isoformat()}.json"
+
     # --- what each backend provides -----------------------------------------------------
 
     @abstractmethod
@@ -594,18 +599,20 @@ class ObjectStorage(Storage):
             obstore.delete(self.store, probe)
         except Exception as error:
             text = str(error)
-            if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+            # Credential errors first: S3 sends SignatureDoesNotMatch and InvalidAccessKeyId
+            # with status 403 too, which would otherwise read as "access denied".
+            if any(word in text for word in ("credential", "Credential", "InvalidAccessKeyId",
+                                             "SignatureDoesNotMatch", "401",
+                                             # no keys: the SDK asked the instance metadata
+                                             "/latest/api/token", "/latest/meta-data")):
+                hint = "the credentials are missing or wrong: set AWS_ACCESS_KEY_ID and " \
+                       "AWS_SECRET_ACCESS_KEY (or the role or the cloud's own variables)"
+            elif "NoSuchBucket" in text or "bucket does not exist" in text.lower():
                 hint = f"the bucket {self.bucket!r} does not exist: create it or fix " \
                        f"{STORAGE_VARIABLE}"
             elif any(word in text for word in ("AccessDenied", "Forbidden", "403")):
                 hint = f"access to the bucket {self.bucket!r} is denied: give these " \
                        "credentials write access to it"
-            elif any(word in text for word in ("credential", "Credential", "InvalidAccessKeyId",
-                                               "SignatureDoesNotMatch", "401",
-                                               # no keys: the SDK asked the instance metadata
-                                               "/latest/api/token", "/latest/meta-data")):
-                hint = "the credentials are missing or wrong: set AWS_ACCESS_KEY_ID and " \
-                       "AWS_SECRET_ACCESS_KEY (or the role or the cloud's own variables)"
             else:
                 hint = f"the store did not answer as expected: {text.splitlines()[0][:300]}"
             raise StorageError(f"{STORAGE_VARIABLE}={self.url!r}: {hint}.") from error

@@ -75,8 +75,8 @@ class PigmentResource(dg.ConfigurableResource):
         default=60.0, description="How far before the watermark the daily scan starts, for "
         "events Pigment makes visible after others ingested later (README, late events).")
     lease_wait_seconds: float = Field(
-        default=3600.0, description="How long a run waits for another run that is pushing the "
-        "same day (the day's lease) before it fails naming that run.")
+        default=3600.0, description="How long a run waits for another run that is writing or "
+        "pushing the same day (the day's leases) before it fails naming that run.")
 
     # --- validated settings ----------------------------------------------------------------
 
@@ -172,9 +172,11 @@ class PigmentResource(dg.ConfigurableResource):
         client = self.client(log, audit=True)
         try:
             if plan is None:
-                return fetch_days(client, days, zone, storage, now=now, log=log)
+                return fetch_days(client, days, zone, storage, now=now, log=log,
+                                  lease_wait_seconds=self.lease_wait_seconds)
             scan = fetch_days(client, days, zone, storage, now=now, log=log, since=plan.since,
-                              unreachable=plan.unreachable)
+                              unreachable=plan.unreachable,
+                              lease_wait_seconds=self.lease_wait_seconds)
         finally:
             client.close()
         scan.watermark = advance_watermark(storage, plan.state, scan.newest_ingested)
