@@ -23,92 +23,22 @@ Two uses:
 from __future__ import annotations
 
 import argparse
-import csv
 import filecmp
-import io
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Collection
 from datetime import date
 from pathlib import Path
 
-from pigment_audit_assets.core.chunks import Chunk, chunk_size_bytes, write_chunks
-from pigment_audit_assets.core.errors import ConfigError
+from pigment_audit_assets.core.chunks import chunk_size_bytes, write_chunks
+from pigment_audit_assets_tests.reference_chunks import reference_write_chunks
 
 HERE = Path(__file__).resolve().parent
 MEBIBYTE = 1024 * 1024
 
-
-# --- the old chunking (chunks.py at commit 327ea3d), for the comparison --------------------
-
-class _RowEncoder:
-    """Encodes one CSV record to bytes exactly as ``csv.writer`` writes it to a file."""
-
-    def __init__(self) -> None:
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, quoting=csv.QUOTE_MINIMAL)
-
-    def encode(self, row: list[str]) -> bytes:
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        self._writer.writerow(row)
-        return self._buffer.getvalue().encode("utf-8")
-
-
-def old_write_chunks(csv_path: Path, max_bytes: int, work_dir: Path, *,
-                     setting: str = "chunk_size_mb", skip_ids: Collection[str] = frozenset(),
-                     id_column: str = "id") -> list[Chunk]:
-    """The old ``write_chunks``: records parsed with ``csv`` and re-encoded row by row."""
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True)
-    chunks: list[Chunk] = []
-    if csv_path.stat().st_size == 0:
-        return chunks
-    encoder = _RowEncoder()
-    with open(csv_path, newline="", encoding="utf-8") as source:
-        reader = csv.reader(source)
-        header = next(reader, None)
-        if header is None:
-            return chunks
-        header_bytes = encoder.encode(header)
-        id_index = header.index(id_column) if id_column in header else None
-        current: Chunk | None = None
-        handle = None
-        try:
-            for row in reader:
-                event_id = row[id_index] if id_index is not None else ""
-                if event_id and event_id in skip_ids:
-                    continue
-                record = encoder.encode(row)
-                if len(header_bytes) + len(record) > max_bytes:
-                    raise ConfigError(f"{setting} is too small for a record of "
-                                      f"{len(record):,} bytes.")
-                if current is None or current.bytes + len(record) > max_bytes:
-                    if handle is not None:
-                        handle.close()
-                    current = Chunk(index=len(chunks) + 1,
-                                    path=work_dir / f"chunk-{len(chunks) + 1:05d}.csv",
-                                    id_index=id_index)
-                    chunks.append(current)
-                    handle = open(current.path, "wb")  # noqa: SIM115 - spans iterations
-                    handle.write(header_bytes)
-                    current.bytes = len(header_bytes)
-                handle.write(record)
-                current.bytes += len(record)
-                current.rows += 1
-        finally:
-            if handle is not None:
-                handle.close()
-    return chunks
-
-
-# --- the comparison ------------------------------------------------------------------------
 
 def generate_csv(path: Path, size_mib: float) -> None:
     """A CSV of about ``size_mib`` MiB (to within half a sample): 10,000 synthetic events
@@ -168,7 +98,7 @@ def compare(csv_path: Path, chunk_mb: float) -> int:
 
 def chunk_only(csv_path: Path, chunk_mb: float, which: str, work_dir: Path) -> int:
     """One chunking, in this process (the child ``compare`` measures)."""
-    function = old_write_chunks if which == "old" else write_chunks
+    function = reference_write_chunks if which == "old" else write_chunks
     function(csv_path, chunk_size_bytes(chunk_mb, "--chunk-size"), work_dir)
     usage = resource.getrusage(resource.RUSAGE_SELF)  # the split rusage.py does not give
     print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime}))
