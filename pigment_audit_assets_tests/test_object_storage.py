@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -34,36 +34,46 @@ def _csv_ids(data: bytes) -> list[str]:
     return [row["id"] for row in csv.DictReader(io.StringIO(data.decode(), newline=""))]
 
 
-def test_two_days_on_s3_are_exact(stand_in: PigmentStandIn, s3_url: str, tmp_path: Path,
-                                  scratch: Path) -> None:
+def materialize_two_days_exactly(stand_in: PigmentStandIn, url: str, tmp_path: Path,
+                                 scratch: Path) -> list[date]:
+    """Materialize two days with storage at ``url`` and hold every file, the metadata's URIs,
+    the pushes and the leases against the stand-in's truth; the days."""
     days = [DAY - timedelta(days=1), DAY]
     for day in [*days, DAY + timedelta(days=1)]:
         stand_in.add_events(synthetic_events(day, 120, seed=day.toordinal()))
-    resource = PigmentResource(**resource_settings(stand_in, tmp_path, storage_url=s3_url))
+    resource = PigmentResource(**resource_settings(stand_in, tmp_path, storage_url=url))
     result = run(resource, first=days[0].isoformat(), last=days[1].isoformat())
     assert result.success
-    storage = storage_from_url(s3_url)
+    storage = storage_from_url(url)
     pushed = [row["id"] for row in stand_in.pushed_rows()]
     for day in days:
         truth = sorted(event["id"] for event in stand_in.visible_events(event_day=day))
+        assert truth  # each day has events to hold the files against
         raw = storage.read_bytes(storage.raw_key(day)) or b""
         raw_ids = [orjson.loads(line)["id"] for line in raw.splitlines()]
         assert sorted(raw_ids) == truth
         assert _csv_ids(storage.read_bytes(storage.csv_key(day)) or b"") == raw_ids
         record = orjson.loads(storage.read_bytes(storage.import_record_key(day)) or b"{}")
         assert sorted(i for entry in record["imports"] for i in entry["eventIds"]) == truth
-        meta = by_partition(result, "raw_audit_events")[day.isoformat()]
-        assert meta["path"] == f"{s3_url}/raw/{day.isoformat()}.jsonl"
+        assert by_partition(result, "raw_audit_events")[day.isoformat()]["path"] == \
+            f"{url}/raw/{day.isoformat()}.jsonl"
         assert by_partition(result, "audit_events_csv")[day.isoformat()]["path"] == \
-            f"{s3_url}/csv/{day.isoformat()}.csv"
+            f"{url}/csv/{day.isoformat()}.csv"
         assert by_partition(result, "audit_events_import")[day.isoformat()][
-            "import_record"] == f"{s3_url}/imports/{day.isoformat()}.json"
+            "import_record"] == f"{url}/imports/{day.isoformat()}.json"
     assert sorted(pushed) == sorted(
         event["id"] for day in days for event in stand_in.visible_events(event_day=day))
+    assert len(pushed) == len(set(pushed))  # every event pushed once
     assert all(check.passed for check in result.get_asset_check_evaluations())
     assert not Path(tmp_path / "pigment_audit_data").exists()  # nothing written locally
     assert list(scratch.iterdir()) == []  # every step removed its scratch
     assert storage.list("leases/") == []  # the day's lease was given back
+    return days
+
+
+def test_two_days_on_s3_are_exact(stand_in: PigmentStandIn, s3_url: str, tmp_path: Path,
+                                  scratch: Path) -> None:
+    materialize_two_days_exactly(stand_in, s3_url, tmp_path, scratch)
 
 
 def test_a_run_killed_after_some_chunks_resumes_elsewhere_from_the_record_on_s3(

@@ -11,8 +11,6 @@ refused by SeaweedFS itself, which fails the run at its first step before any Pi
 
 from __future__ import annotations
 
-import csv
-import io
 import platform
 import threading
 import uuid
@@ -20,7 +18,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import orjson
 import pytest
 from botocore.exceptions import ClientError
 
@@ -36,7 +33,8 @@ from pigment_audit_assets_tests.conftest import DAY, resource_settings
 from pigment_audit_assets_tests.seaweedfs import ADMIN, BUCKET, READER, SeaweedFS, weed_binary
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
-from pigment_audit_assets_tests.test_assets import by_partition, run
+from pigment_audit_assets_tests.test_assets import run
+from pigment_audit_assets_tests.test_object_storage import materialize_two_days_exactly
 from pigment_audit_assets_tests.test_storage import (
     test_a_large_object_streams_back_in_order as contract_large_object,
 )
@@ -183,43 +181,11 @@ def test_one_writer_wins_each_race_for_a_lease_on_seaweedfs(seaweed_url: str) ->
         assert storage.read_bytes(key) == f"renewer-{renewed[0]}".encode()
 
 
-def _csv_ids(data: bytes) -> list[str]:
-    return [row["id"] for row in csv.DictReader(io.StringIO(data.decode(), newline=""))]
-
-
 @pytest.mark.slow
 def test_two_days_on_seaweedfs_are_exact(stand_in: PigmentStandIn, seaweed: SeaweedFS,
                                          seaweed_url: str, tmp_path: Path, scratch: Path) -> None:
-    days = [DAY - timedelta(days=1), DAY]
-    for day in [*days, DAY + timedelta(days=1)]:
-        stand_in.add_events(synthetic_events(day, 120, seed=day.toordinal()))
-    resource = PigmentResource(**resource_settings(stand_in, tmp_path, storage_url=seaweed_url))
-    result = run(resource, first=days[0].isoformat(), last=days[1].isoformat())
-    assert result.success
+    days = materialize_two_days_exactly(stand_in, seaweed_url, tmp_path, scratch)
     storage = storage_from_url(seaweed_url)
-    pushed = [row["id"] for row in stand_in.pushed_rows()]
-    for day in days:
-        truth = sorted(event["id"] for event in stand_in.visible_events(event_day=day))
-        assert truth  # each day has events to hold the files against
-        raw = storage.read_bytes(storage.raw_key(day)) or b""
-        raw_ids = [orjson.loads(line)["id"] for line in raw.splitlines()]
-        assert sorted(raw_ids) == truth
-        assert _csv_ids(storage.read_bytes(storage.csv_key(day)) or b"") == raw_ids
-        record = orjson.loads(storage.read_bytes(storage.import_record_key(day)) or b"{}")
-        assert sorted(i for entry in record["imports"] for i in entry["eventIds"]) == truth
-        assert by_partition(result, "raw_audit_events")[day.isoformat()]["path"] == \
-            f"{seaweed_url}/raw/{day.isoformat()}.jsonl"
-        assert by_partition(result, "audit_events_csv")[day.isoformat()]["path"] == \
-            f"{seaweed_url}/csv/{day.isoformat()}.csv"
-        assert by_partition(result, "audit_events_import")[day.isoformat()][
-            "import_record"] == f"{seaweed_url}/imports/{day.isoformat()}.json"
-    assert sorted(pushed) == sorted(
-        event["id"] for day in days for event in stand_in.visible_events(event_day=day))
-    assert len(pushed) == len(set(pushed))  # every event pushed once
-    assert all(check.passed for check in result.get_asset_check_evaluations())
-    assert not Path(tmp_path / "pigment_audit_data").exists()  # nothing written locally
-    assert list(scratch.iterdir()) == []  # every step removed its scratch
-    assert storage.list("leases/") == []  # the day's lease was given back
     # The objects are in SeaweedFS's bucket, as another client lists them.
     prefix = seaweed_url.removeprefix(f"s3://{BUCKET}/")
     listed = seaweed.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")
