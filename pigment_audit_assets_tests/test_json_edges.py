@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from pigment_audit_assets.core.table import CsvTable, write_csv
 from pigment_audit_assets_tests.conftest import DAY, STAND_IN_NOW, make_client
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
-from pigment_audit_assets_tests.test_core import REFERENCE_MISSING, REFERENCE_SCRIPT
+from pigment_audit_assets_tests.test_core import REFERENCE_MISSING, REFERENCE_SCRIPT, script_csv
 
 log = logging.getLogger(__name__)
 BIG = 123456789012345678901234567890
@@ -177,24 +176,6 @@ def unwrap(depth: int, value: Any) -> Any:
             assert list(value) == ["k"]
             value = value["k"]
     return value
-
-
-def script_csv(raw: Path, out: Path) -> bytes:
-    """The community script's CSV of the events of ``raw``, each read as ``response.json()``
-    reads a page (Python's json: integers exact)."""
-    program = f"""
-import importlib.util, json
-spec = importlib.util.spec_from_file_location("tool", {str(REFERENCE_SCRIPT)!r})
-tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
-class Client:
-    def get_audit_events(self, start, end):
-        with open({str(raw)!r}, "rb") as handle:
-            for line in handle:
-                yield json.loads(line)
-assert tool.create_audit_csv(Client(), "2025-09-01", "2025-09-01", {str(out)!r})
-"""
-    subprocess.run([sys.executable, "-c", program], check=True, capture_output=True)
-    return out.read_bytes()
 
 
 @pytest.mark.skipif(not REFERENCE_SCRIPT.exists(), reason=REFERENCE_MISSING)
