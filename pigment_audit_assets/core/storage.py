@@ -225,6 +225,14 @@ class Storage(ABC):
         with self.writer(key) as handle:
             handle.write(data)
 
+    def remove_stale_temporaries(self, older_than_seconds: float = STALE_SCRATCH_SECONDS
+                                 ) -> list[Path]:
+        """Remove temporary files killed writers left beside the files; what was removed.
+
+        Only a local folder has any: an object store's writes are staged in local scratch.
+        """
+        return []
+
     def digest(self, key: str) -> str | None:
         """The SHA-256 of the object's bytes, streamed; None if it does not exist."""
         digest = hashlib.sha256()

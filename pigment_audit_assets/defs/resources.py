@@ -25,7 +25,6 @@ from ..core.imports import ImportOutcome, push_day
 from ..core.storage import (
     DEFAULT_STORAGE_URL,
     STORAGE_VARIABLE,
-    LocalStorage,
     Storage,
     remove_stale_scratch,
     storage_from_url,
@@ -164,21 +163,18 @@ class PigmentResource(dg.ConfigurableResource):
         plan = plan_incremental_scan(storage, days, zone, now, incremental_from,
                                      timedelta(minutes=self.watermark_overlap_minutes), log,
                                      full_from=full_from) if incremental_from else None
-        stale = remove_stale_scratch()
-        if isinstance(storage, LocalStorage):
-            stale += storage.remove_stale_temporaries()
-        for path in stale:
+        for path in remove_stale_scratch() + storage.remove_stale_temporaries():
             log.info(f"Removed scratch left by an interrupted run: {path}")
         client = self.client(log, audit=True)
         try:
-            if plan is None:
-                return fetch_days(client, days, zone, storage, now=now, log=log,
-                                  lease_wait_seconds=self.lease_wait_seconds)
-            scan = fetch_days(client, days, zone, storage, now=now, log=log, since=plan.since,
-                              unreachable=plan.unreachable,
+            scan = fetch_days(client, days, zone, storage, now=now, log=log,
+                              since=plan.since if plan else None,
+                              unreachable=plan.unreachable if plan else None,
                               lease_wait_seconds=self.lease_wait_seconds)
         finally:
             client.close()
+        if plan is None:
+            return scan
         scan.watermark = advance_watermark(storage, plan.state, scan.newest_ingested)
         return scan
 
