@@ -3,19 +3,22 @@
 Two uses:
 
 - With ``--import-config``: the same calls as ``pigment-audit --import-config`` makes after
-  writing its CSV: chunk files written with :func:`write_chunks`, each streamed from disk by
-  :meth:`PigmentClient.push_csv`, then every import awaited (``bench.py`` runs this as a child
+  writing its CSV: chunks planned with :func:`write_chunks` (``in_place``: byte ranges of the
+  open CSV), each streamed from disk by :meth:`PigmentClient.push_csv`, then every import
+  awaited (``bench.py`` runs this as a child
   process so its peak RSS is the push's alone)::
 
     PIGMENT_BASE_URL=... PIGMENT_IMPORT_API_KEY=... python benchmarks/push_csv.py big.csv \\
         --chunk-size 50 --import-config 00000000-0000-4000-8000-000000000001
 
 - Without it: chunking alone, the old way (rows read with ``csv`` and re-encoded one by one,
-  the implementation before the byte copy, kept below) and the new (:func:`write_chunks`), side
-  by side in one run, each in its own child process under ``rusage.py`` (CPU = user + system,
+  the implementation before the byte copy, kept below), the new (:func:`write_chunks`, chunk
+  files copied as bytes) and ``ranges`` (``in_place``: no chunk file; every body read once as
+  the push reads it), side by side in one run, each in its own child process under ``rusage.py`` (CPU = user + system,
   peak RSS; the child reports the split itself), on ``csv`` or, without one, on a CSV of
   ``--size-mib`` MiB generated from the project's synthetic events (the default 386 MiB is the
-  1,000,000-event day's CSV). The two sets of chunk files are checked to be the same bytes::
+  1,000,000-event day's CSV). The two sets of chunk files are checked to be the same bytes,
+  and the ranges' bodies to be the chunk files' bytes::
 
     python benchmarks/push_csv.py --size-mib 386 --chunk-size 50
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import hashlib
 import json
 import os
 import resource
@@ -71,7 +75,7 @@ def compare(csv_path: Path, chunk_mb: float) -> int:
     """Run the old and the new chunking as children under rusage.py; print their figures."""
     figures = {}
     with tempfile.TemporaryDirectory(prefix="bench-chunks-") as scratch:
-        for which in ("old", "new"):
+        for which in WAYS:
             out = Path(scratch) / f"{which}.json"
             child = subprocess.run([sys.executable, str(HERE / "rusage.py"), str(out), "--",
                                     sys.executable, str(Path(__file__).resolve()),
@@ -84,22 +88,58 @@ def compare(csv_path: Path, chunk_mb: float) -> int:
         same = ([path.name for path in old_files] == [path.name for path in new_files]
                 and all(filecmp.cmp(a, b, shallow=False)
                         for a, b in zip(old_files, new_files, strict=True)))
+        ranges_same = _ranges_match(csv_path, chunk_mb, new_files, Path(scratch) / "check")
     size = csv_path.stat().st_size
     print(f"{csv_path.name}: {size / MEBIBYTE:.1f} MiB in {chunk_mb:g} MiB chunks, "
-          f"{len(new_files)} chunk(s); chunk files identical: {same}")
-    for which in ("old", "new"):
+          f"{len(new_files)} chunk(s); chunk files identical: {same}; byte ranges send the "
+          f"same bytes: {ranges_same}")
+    for which in WAYS:
         figure = figures[which]
         print(f"  {which}: {figure['cpu']:.2f} s CPU (user {figure['user']:.2f}, system "
               f"{figure['system']:.2f}), {figure['wall']:.2f} s wall, peak RSS "
               f"{figure['peak_rss_mb']:.1f} MB")
-    print(f"  old / new CPU: {figures['old']['cpu'] / figures['new']['cpu']:.1f}x")
-    return 0 if same else 1
+    print(f"  old / new CPU: {figures['old']['cpu'] / figures['new']['cpu']:.1f}x; "
+          f"old / ranges: {figures['old']['cpu'] / figures['ranges']['cpu']:.1f}x; "
+          f"new / ranges: {figures['new']['cpu'] / figures['ranges']['cpu']:.1f}x")
+    return 0 if same and ranges_same else 1
+
+
+WAYS = ("old", "new", "ranges")
+SEND_BLOCK = 16 * 1024  # urllib3's blocksize: what it reads from a body per send
+
+
+def _ranges_match(csv_path: Path, chunk_mb: float, files: list[Path], work_dir: Path) -> bool:
+    """Whether the in-place chunks' bodies are the chunk files' bytes (SHA-256 of each)."""
+    with open(csv_path, "rb") as source:
+        chunks = write_chunks(source, chunk_size_bytes(chunk_mb, "--chunk-size"), work_dir,
+                              in_place=True)
+        if len(chunks) != len(files) or any(chunk.path is not None for chunk in chunks):
+            return False
+        for chunk, path in zip(chunks, files, strict=True):
+            with chunk.open_body() as body, open(path, "rb") as file:
+                if (hashlib.file_digest(body, "sha256").digest()
+                        != hashlib.file_digest(file, "sha256").digest()):
+                    return False
+    return True
 
 
 def chunk_only(csv_path: Path, chunk_mb: float, which: str, work_dir: Path) -> int:
-    """One chunking, in this process (the child ``compare`` measures)."""
-    function = reference_write_chunks if which == "old" else write_chunks
-    function(csv_path, chunk_size_bytes(chunk_mb, "--chunk-size"), work_dir)
+    """One chunking, in this process (the child ``compare`` measures).
+
+    ``ranges`` (``in_place``) writes nothing; so that it is not credited with less than the
+    push costs, it also reads every chunk's body once, as urllib3 does while sending it
+    (blocks of 16 KiB), which the two others leave to the push.
+    """
+    max_bytes = chunk_size_bytes(chunk_mb, "--chunk-size")
+    if which == "ranges":
+        with open(csv_path, "rb") as source:
+            for chunk in write_chunks(source, max_bytes, work_dir, in_place=True):
+                with chunk.open_body() as body:
+                    while body.read(SEND_BLOCK):
+                        pass
+    else:
+        function = reference_write_chunks if which == "old" else write_chunks
+        function(csv_path, max_bytes, work_dir)
     usage = resource.getrusage(resource.RUSAGE_SELF)  # the split rusage.py does not give
     print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime}))
     return 0
@@ -112,9 +152,10 @@ def push(csv_path: Path, chunk_mb: float, import_config: str) -> int:
     client = PigmentClient(os.environ["PIGMENT_BASE_URL"],
                            import_key=os.environ["PIGMENT_IMPORT_API_KEY"])
     with tempfile.TemporaryDirectory(prefix="bench-push-") as scratch:
-        chunks = write_chunks(csv_path, chunk_size_bytes(chunk_mb, "--chunk-size"),
-                              Path(scratch) / "chunks")
-        import_ids = [client.push_csv(import_config, chunk.path) for chunk in chunks]
+        with open(csv_path, "rb") as source:  # as the command line pushes: byte ranges
+            chunks = write_chunks(source, chunk_size_bytes(chunk_mb, "--chunk-size"),
+                                  Path(scratch) / "chunks", in_place=True)
+            import_ids = [client.push_csv(import_config, chunk) for chunk in chunks]
         statuses = [client.wait_for_import(import_id, poll_seconds=0.2)["importStatus"]
                     for import_id in import_ids]
     if any(status != "Completed" for status in statuses):
@@ -134,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import-config", help="push to this import configuration")
     parser.add_argument("--size-mib", type=float, default=386.0,
                         help="size of the generated CSV (386, the 1M-event day's)")
-    parser.add_argument("--chunk-only", choices=["old", "new"], help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-only", choices=WAYS, help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.import_config:

@@ -103,6 +103,87 @@ def test_random_csvs_chunk_byte_for_byte_as_before(tmp_path: Path, seed: int,
     assert [i for chunk in new_chunks for i in chunk.event_ids] == ids
 
 
+def body_bytes(chunk: Chunk) -> bytes:
+    with chunk.open_body() as body:
+        return body.read()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_chunks_in_place_are_the_chunk_files_bytes(tmp_path: Path, seed: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Byte ranges of the open CSV (``in_place``) send exactly what the chunk files hold."""
+    rng = random.Random(seed)
+    monkeypatch.setattr(chunks_module, "BLOCK_BYTES", rng.choice([1, 7, 64, 1 << 20]))
+    csv_path = tmp_path / "day.csv"
+    ids = random_csv(rng, csv_path)
+    size = csv_path.stat().st_size
+    for max_bytes in sorted({rng.randint(size // 4 + 1, size + 10) for _ in range(3)}
+                            | {size + 10}):
+        try:
+            files = write_chunks(csv_path, max_bytes, tmp_path / "files")
+        except ConfigError as error:
+            with open(csv_path, "rb") as source, pytest.raises(ConfigError) as raised:
+                write_chunks(source, max_bytes, tmp_path / "ranges", in_place=True)
+            assert str(raised.value) == str(error)
+            continue
+        with open(csv_path, "rb") as source:
+            ranges = write_chunks(source, max_bytes, tmp_path / "ranges", in_place=True)
+            assert all(chunk.path is None for chunk in ranges)
+            assert not any((tmp_path / "ranges").iterdir())  # nothing copied to disk
+            assert ([(c.index, c.rows, c.bytes, c.id_index) for c in ranges]
+                    == [(c.index, c.rows, c.bytes, c.id_index) for c in files])
+            # Twice: each push attempt reads the range from its start.
+            for _ in range(2):
+                assert [body_bytes(c) for c in ranges] == [c.path.read_bytes() for c in files]
+            assert [len(c.open_body()) for c in ranges] == [c.bytes for c in ranges]
+            assert [i for chunk in ranges for i in chunk.event_ids] == ids
+
+
+def test_chunks_in_place_read_the_csv_as_chunked_even_if_it_is_replaced(tmp_path: Path) -> None:
+    """A CSV step that renames a new CSV over the day's while it is pushed changes nothing
+    already chunked: the ranges are read through the descriptor opened for chunking."""
+    csv_path = tmp_path / "day.csv"
+    csv_path.write_bytes(b"id,text\r\n" + b"".join(b"e%d,old\r\n" % n for n in range(50)))
+    before = csv_path.read_bytes()
+    with open(csv_path, "rb") as source:
+        chunks = write_chunks(source, 200, tmp_path / "chunks", in_place=True)
+        replacement = tmp_path / "new.csv"
+        replacement.write_bytes(b"id,text\r\n" + b"e0,new\r\n")
+        replacement.replace(csv_path)
+        bodies = [body_bytes(chunk) for chunk in chunks]
+    assert len(chunks) > 2 and all(body.startswith(b"id,text\r\n") for body in bodies)
+    assert b"id,text\r\n" + b"".join(body[len(b"id,text\r\n"):] for body in bodies) == before
+
+
+def test_chunks_in_place_fall_back_to_files(tmp_path: Path) -> None:
+    """Chunk files where a range cannot serve: ids to skip, a stream without a file behind
+    it, a path (closed on return), a CSV whose last record has no line end, a stream not at
+    its start."""
+    csv_path = tmp_path / "day.csv"
+    csv_path.write_bytes(b"id,text\r\n" + b"".join(b"e%d,a\r\n" % n for n in range(9)))
+    data = csv_path.read_bytes()
+    with open(csv_path, "rb") as source:
+        skipped = write_chunks(source, 40, tmp_path / "a", skip_ids={"e3"}, in_place=True)
+    streamed = write_chunks(io.BytesIO(data), 40, tmp_path / "b", in_place=True)
+    by_path = write_chunks(csv_path, 40, tmp_path / "c", in_place=True)
+    unended = tmp_path / "unended.csv"
+    unended.write_bytes(data.rstrip(b"\r\n"))
+    with open(unended, "rb") as source:
+        no_line_end = write_chunks(source, 40, tmp_path / "d", in_place=True)
+    header_only = tmp_path / "offset.csv"
+    header_only.write_bytes(b"junk\n" + data)
+    with open(header_only, "rb") as source:
+        source.readline()
+        offset = write_chunks(source, 40, tmp_path / "e", in_place=True)
+    for chunks in (skipped, streamed, by_path, no_line_end, offset):
+        assert chunks and all(chunk.path is not None and chunk.path.is_file()
+                              for chunk in chunks)
+    assert [i for chunk in skipped for i in chunk.event_ids] == [
+        f"e{n}" for n in range(9) if n != 3]
+    assert b"".join(body_bytes(c) for c in no_line_end).endswith(b"e8,a\r\n")
+    assert [body_bytes(c) for c in offset] == [body_bytes(c) for c in streamed]
+
+
 def test_several_chunks_from_a_stream_with_short_reads(tmp_path: Path) -> None:
     """A streaming reader (the object store's) may hand out fewer bytes than asked for."""
 

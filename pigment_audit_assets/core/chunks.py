@@ -1,4 +1,4 @@
-"""Split a CSV into push-sized chunk files, only between records, each with the header.
+"""Split a CSV into push-sized chunks, only between records, each with the header.
 
 Chunking copies bytes: records are never decoded or re-encoded. A record ends at a line feed
 outside any quoted cell; a quoted cell may hold line feeds and doubled quotes, so a line feed
@@ -11,10 +11,15 @@ exactly the records the old decode-and-re-encode wrote, byte for byte. The trick
 takes about 0.5 s copying bytes.
 
 The source (a path, or a binary stream such as an object store's reader) is read in blocks, so
-memory holds a block or two and the record being completed, whatever the file's size. Chunks
-are files, so pushing one streams it from disk instead of building it in memory; all chunks
-are written before the first push, so a record too large for the chunk size fails before
-anything was sent.
+memory holds a block or two and the record being completed, whatever the file's size. Pushing
+a chunk streams it from disk instead of building it in memory; all chunks are planned before
+the first push, so a record too large for the chunk size fails before anything was sent.
+
+A chunk is either a file of its own (header + records), or, with ``in_place`` and a local
+file, a byte range of the source sent after the header: nothing is copied, and the kernel's
+writes of the chunk files (most of the push's CPU in ``benchmarks/push_csv.py``) go away. The
+range is read through the source's open descriptor, so a CSV replaced by a rename during the
+push is still read as it was when chunked.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import io
 import math
 import os
 import shutil
+import stat
 from bisect import bisect_right
 from collections.abc import Collection, Iterator
 from contextlib import ExitStack
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 from itertools import accumulate, compress, count, repeat
 from operator import add, and_, not_
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import ConfigError
 
@@ -45,28 +51,90 @@ FIELD_LIMIT = 2**31 - 1
 
 @dataclass
 class Chunk:
-    """One chunk file ready to push: the header plus whole records."""
+    """One chunk ready to push: the header plus whole records.
+
+    Its bytes are the file at ``path``, or (``path`` None) ``header`` followed by the
+    ``bytes - len(header)`` bytes of the open file ``source_fd`` from ``offset``.
+    """
 
     index: int
-    path: Path
+    path: Path | None
     rows: int = 0
     bytes: int = 0
     id_index: int | None = None  # the id column's position, if the CSV has one
+    header: bytes = b""
+    source_fd: int | None = None
+    offset: int = 0
+
+    def open_body(self) -> BinaryIO:
+        """A binary reader of the chunk's bytes, from the start (one per push attempt)."""
+        if self.path is not None:
+            return open(self.path, "rb")
+        assert self.source_fd is not None
+        return _RangeBody(self.header, self.source_fd, self.offset,
+                          self.bytes - len(self.header))
+
+    def discard(self) -> None:
+        """Free the chunk's disk space once pushed (a byte range holds none)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
     @property
     def event_ids(self) -> list[str]:
-        """The event ids of the chunk's records, in order, read back from the chunk file.
+        """The event ids of the chunk's records, in order, read back from its bytes.
 
         Not kept in memory while chunking: a day's ids (about 90 MB for a million events)
-        would outweigh the chunk being pushed. Read them while the chunk file exists.
+        would outweigh the chunk being pushed. Read them while the chunk's file (or source) is
+        there.
         """
         if self.id_index is None:
             return []
         csv.field_size_limit(FIELD_LIMIT)
-        with open(self.path, newline="", encoding="utf-8") as handle:
+        with io.TextIOWrapper(self.open_body(), newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             next(reader, None)  # the header
             return [row[self.id_index] for row in reader]
+
+
+class _RangeBody(io.RawIOBase):
+    """The header, then ``length`` bytes of the file ``fd`` from ``offset`` (``os.pread``:
+    the descriptor's position is never moved, so chunks of one file can be read in turn).
+
+    ``len()`` and ``tell()`` let requests send a ``Content-Length`` and stream the body.
+    """
+
+    def __init__(self, header: bytes, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        self._header, self._fd = header, fd
+        self._start, self._total = offset, len(header) + length
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._total - self._position
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), self._total - self._position)
+        if wanted <= 0:
+            return 0
+        header = len(self._header)
+        if self._position < header:
+            size = min(wanted, header - self._position)
+            view[:size] = self._header[self._position:self._position + size]
+        else:
+            size = os.preadv(self._fd, [view[:wanted]],
+                             self._start + self._position - header)
+            if size == 0:
+                raise OSError(f"the CSV being pushed ended {self._total - self._position:,} "
+                              "bytes early: it was truncated while the day was pushed")
+        self._position += size
+        return size
 
 
 def chunk_size_bytes(chunk_size_mb: float, setting: str) -> int:
@@ -174,7 +242,8 @@ def _cells(record: bytes) -> list[str]:
 
 
 class _ChunkWriter:
-    """Chunk files being filled greedily, each up to ``max_bytes`` including the header."""
+    """Chunks being filled greedily, each up to ``max_bytes`` including the header: files,
+    or byte ranges of the source when ``source_fd`` is set."""
 
     def __init__(self, work_dir: Path, max_bytes: int, header: bytes, id_index: int | None,
                  setting: str, files: ExitStack) -> None:
@@ -183,11 +252,25 @@ class _ChunkWriter:
         self.chunks: list[Chunk] = []
         self.current: Chunk | None = None
         self.handle: BinaryIO | None = None
+        self.source_fd: int | None = None  # set: chunks are ranges of this file
+        self.position = len(header)  # the source offset of the next record placed
+
+    def put(self, parts: list[bytes | memoryview], size: int) -> None:
+        """Add ``size`` bytes of whole records (``parts``) to the current chunk."""
+        if self.handle is not None:
+            self.handle.writelines(parts)
+        self.position += size
 
     def _new_chunk(self) -> None:
         if self.handle is not None:
             self.handle.close()
         number = len(self.chunks) + 1
+        if self.source_fd is not None:  # a byte range of the source, nothing written
+            self.current = Chunk(index=number, path=None, bytes=len(self.header),
+                                 id_index=self.id_index, header=self.header,
+                                 source_fd=self.source_fd, offset=self.position)
+            self.chunks.append(self.current)
+            return
         self.current = Chunk(index=number, path=self.work_dir / f"chunk-{number:05d}.csv",
                              bytes=len(self.header), id_index=self.id_index)
         self.chunks.append(self.current)
@@ -217,7 +300,7 @@ class _ChunkWriter:
                 self._new_chunk()
                 continue
             end = ends[last]
-            self.handle.write(view[start:end])
+            self.put([view[start:end]], end - start)
             current.bytes += end - start
             current.rows += last - first + 1
             first, start = last + 1, end
@@ -231,12 +314,17 @@ def write_chunks(
     setting: str = "chunk_size_mb",
     skip_ids: Collection[str] = frozenset(),
     id_column: str = "id",
+    in_place: bool = False,
 ) -> list[Chunk]:
     """Write the records of ``source`` whose id is not in ``skip_ids`` into chunk files.
 
     ``source`` is a CSV file's path or a binary stream positioned at its start (not closed
     here). Each chunk is at most ``max_bytes`` bytes, header included. Raises
     :class:`ConfigError` naming ``setting`` when one record cannot fit in a chunk.
+
+    With ``in_place``, a ``source`` that is an open regular file ending in a line feed, and no
+    id to skip, the chunks are byte ranges of it instead of files (see :class:`Chunk`): keep
+    ``source`` open until they are pushed.
     """
     if work_dir.exists():
         shutil.rmtree(work_dir)  # chunks of an interrupted run are rebuilt, never trusted
@@ -244,6 +332,7 @@ def write_chunks(
     with ExitStack() as files:
         stream = (files.enter_context(open(source, "rb"))
                   if isinstance(source, (str, os.PathLike)) else source)
+        range_fd = _range_source(source) if in_place and not skip_ids else None
         runs = _runs(stream)
         first = next(runs, None)
         if first is None:  # an empty file: no header, no records
@@ -254,6 +343,7 @@ def write_chunks(
         id_index = names.index(id_column) if id_column in names else None
         writer = _ChunkWriter(work_dir, max_bytes, header, id_index, setting, files)
         skipping = bool(skip_ids) and id_index is not None
+        writer.source_fd = range_fd
         start, ends = ends[0], ends[1:]
         while True:
             if not skipping:
@@ -267,7 +357,7 @@ def write_chunks(
             while (not skipping and current is not None
                    and current.bytes + run.size <= max_bytes):
                 # The common case: the whole run fits in the chunk, copied as it is.
-                writer.handle.writelines(run.parts)
+                writer.put(run.parts, run.size)
                 current.bytes += run.size
                 current.rows += run.rows
                 run = next(runs, None)
@@ -279,6 +369,24 @@ def write_chunks(
         if writer.handle is not None:
             writer.handle.close()
     return writer.chunks
+
+
+def _range_source(source: BinaryIO | Path) -> int | None:
+    """The descriptor of ``source`` if its chunks can be byte ranges of it: an open regular
+    file, read from its start, that ends in a line feed (else chunking adds the last record's
+    line end)."""
+    if isinstance(source, (str, os.PathLike)):
+        return None  # opened here and closed on return: ranges would outlive it
+    try:
+        fd = source.fileno()
+        status = os.fstat(fd)
+        if source.tell() != 0:
+            return None
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
+    if not stat.S_ISREG(status.st_mode) or not status.st_size:
+        return None
+    return fd if os.pread(fd, 1, status.st_size - 1) == b"\n" else None
 
 
 def _write_unskipped(writer: _ChunkWriter, view: memoryview, start: int, ends: list[int],

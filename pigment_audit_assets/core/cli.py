@@ -24,7 +24,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .chunks import chunk_size_bytes, write_chunks
+from .chunks import Chunk, chunk_size_bytes, write_chunks
 from .client import AUDIT_KEY_VARIABLE, IMPORT_KEY_VARIABLE, PigmentClient, check_base_url
 from .collect import fetch_days
 from .days import days_between, parse_zone
@@ -224,24 +224,9 @@ def _keep_rejects(days: object, output: Path) -> None:
 
 def _push(client: PigmentClient, csv_path: Path, configuration_id: str, chunk_bytes: int,
           work: Path) -> None:
-    chunks = write_chunks(csv_path, chunk_bytes, work, setting="--chunk-size")
-    total = sum(chunk.bytes for chunk in chunks)
-    import_ids: list[str] = []
-    failed = []
-    with _progress(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=f"Uploading {csv_path.name}") as bar:
-        for chunk in chunks:
-            log.info(f"Sending chunk #{chunk.index} ({chunk.bytes / 1_048_576:.2f} MB)...")
-            try:
-                import_ids.append(client.push_csv(configuration_id, chunk.path))
-            except PushAnswerLostError as error:
-                # Pigment started the import: pushing the chunk again would import it twice.
-                # Go on with the rest, and fail at the end so the user checks this one.
-                log.warning(f"Chunk #{chunk.index}: {error}")
-                failed.append(f"chunk #{chunk.index}: import started, its id was lost")
-            else:
-                log.info(f"Chunk #{chunk.index} accepted as import {import_ids[-1]}.")
-            bar.update(chunk.bytes)
+    with open(csv_path, "rb") as source:  # chunks are byte ranges of it: open until pushed
+        chunks = write_chunks(source, chunk_bytes, work, setting="--chunk-size", in_place=True)
+        import_ids, failed = _send_chunks(client, csv_path, configuration_id, chunks)
     for import_id in import_ids:
         report = summarize_report(client.wait_for_import(import_id))
         log.info(f"Import {import_id}: {report['status']} (inserted {report['insertedCount']}, "
@@ -251,6 +236,28 @@ def _push(client: PigmentClient, csv_path: Path, configuration_id: str, chunk_by
     if failed:
         raise PigmentAuditError("Some imports failed or could not be confirmed, the CSV is "
                                 "kept: " + " | ".join(failed))
+
+
+def _send_chunks(client: PigmentClient, csv_path: Path, configuration_id: str,
+                 chunks: list[Chunk]) -> tuple[list[str], list[str]]:
+    """Push each chunk; the import ids Pigment gave, and the chunks whose answer was lost."""
+    import_ids: list[str] = []
+    failed: list[str] = []
+    with _progress(total=sum(chunk.bytes for chunk in chunks), unit="B", unit_scale=True,
+                   unit_divisor=1024, desc=f"Uploading {csv_path.name}") as bar:
+        for chunk in chunks:
+            log.info(f"Sending chunk #{chunk.index} ({chunk.bytes / 1_048_576:.2f} MB)...")
+            try:
+                import_ids.append(client.push_csv(configuration_id, chunk))
+            except PushAnswerLostError as error:
+                # Pigment started the import: pushing the chunk again would import it twice.
+                # Go on with the rest, and fail at the end so the user checks this one.
+                log.warning(f"Chunk #{chunk.index}: {error}")
+                failed.append(f"chunk #{chunk.index}: import started, its id was lost")
+            else:
+                log.info(f"Chunk #{chunk.index} accepted as import {import_ids[-1]}.")
+            bar.update(chunk.bytes)
+    return import_ids, failed
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from tenacity import (
 )
 
 from . import jsonio
+from .chunks import Chunk
 from .days import format_ingested_since
 from .errors import (
     ConfigError,
@@ -258,10 +259,11 @@ class PigmentClient:
             seen_cursors.add(cursor)
             params["cursor"] = cursor
 
-    def push_csv(self, configuration_id: str, csv_path: Path) -> str:
-        """Push one CSV file (streamed from disk) into an import configuration; its import id."""
+    def push_csv(self, configuration_id: str, csv: Path | Chunk) -> str:
+        """Push one CSV file or chunk (streamed from disk) into an import configuration; its
+        import id."""
         def open_body() -> Any:
-            return open(csv_path, "rb")
+            return csv.open_body() if isinstance(csv, Chunk) else open(csv, "rb")
 
         body = self._request_json(
             "push", "POST", PUSH_PATH, params={"configurationId": configuration_id},

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -175,13 +176,13 @@ def pushed_id_set(record: dict[str, Any], configuration_id: str, work: Path) -> 
 
 
 def chunk_id_file(chunk: Chunk, path: Path) -> IdFile:
-    """The event ids of a chunk file's records, in order, streamed into an id file."""
+    """The event ids of a chunk's records, in order, streamed into an id file."""
     ids = IdFile(path)
     if chunk.id_index is None:
         return ids
     index = chunk.id_index
     csv.field_size_limit(FIELD_LIMIT)
-    with open(chunk.path, newline="", encoding="utf-8") as handle:
+    with io.TextIOWrapper(chunk.open_body(), newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         next(reader, None)  # the header
         batch: list[str] = []
@@ -238,19 +239,21 @@ def push_day(
                                 record_path=storage.uri(storage.import_record_key(day)),
                                 record=record, forced=force)
         skip = IdSet(work, []) if force else pushed_id_set(record, configuration_id, work)
-        try:
-            with storage.open_read(storage.csv_key(day)) as source:
-                chunks = write_chunks(source, chunk_bytes, work / "chunks", skip_ids=skip)
-            outcome.already_pushed = len(skip)
-        finally:
-            skip.close()
-        for chunk in chunks:
-            lease.check()
-            _push_chunk(client, storage, day, configuration_id, chunk, len(chunks), record,
-                        outcome, force=force, log=log, work=work)
-            if on_chunk is not None:
-                on_chunk(chunk.bytes)
-            chunk.path.unlink()  # pushed, its ids on record: its disk space goes
+        # Open until every chunk is pushed: on local storage, chunks are byte ranges of it.
+        with storage.open_read(storage.csv_key(day)) as source:
+            try:
+                chunks = write_chunks(source, chunk_bytes, work / "chunks", skip_ids=skip,
+                                      in_place=True)
+                outcome.already_pushed = len(skip)
+            finally:
+                skip.close()
+            for chunk in chunks:
+                lease.check()
+                _push_chunk(client, storage, day, configuration_id, chunk, len(chunks),
+                            record, outcome, force=force, log=log, work=work)
+                if on_chunk is not None:
+                    on_chunk(chunk.bytes)
+                chunk.discard()  # pushed, its ids on record: its disk space goes
         if not outcome.chunks:
             log.info(f"{day}: nothing new to push ({outcome.already_pushed:,} event(s) "
                      "already in Pigment).")
@@ -301,7 +304,7 @@ def _push_chunk(client: PigmentClient, storage: Storage, day: date, configuratio
     """Push one chunk and record it; the record is saved before anything else can happen."""
     import_id: str | None
     try:
-        import_id, status = client.push_csv(configuration_id, chunk.path), "Pushed"
+        import_id, status = client.push_csv(configuration_id, chunk), "Pushed"
     except PushAnswerLostError as error:
         import_id, status = None, ANSWER_LOST
         log.warning(f"{day}: chunk {chunk.index}/{total}: {error}")
