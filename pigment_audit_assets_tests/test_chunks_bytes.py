@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import random
 import tracemalloc
 from datetime import date
@@ -19,12 +20,17 @@ import orjson
 import pytest
 
 from pigment_audit_assets.core import chunks as chunks_module
+from pigment_audit_assets.core import imports as imports_module
 from pigment_audit_assets.core.chunks import Chunk, chunk_size_bytes, write_chunks
 from pigment_audit_assets.core.errors import ConfigError
+from pigment_audit_assets.core.imports import push_day
 from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.core.table import write_csv
 from pigment_audit_assets.defs import checks
+from pigment_audit_assets_tests.conftest import CONFIGURATION_ID, DAY, make_client
 from pigment_audit_assets_tests.reference_chunks import reference_write_chunks
+from pigment_audit_assets_tests.stand_in import PigmentStandIn
+from pigment_audit_assets_tests.synthetic import synthetic_events
 
 # --- the reference: chunks.py before the byte copy (commit 327ea3d), unchanged -------------
 
@@ -303,3 +309,39 @@ def test_a_five_mebibyte_cell_goes_through_csv_chunks_and_checks(tmp_path: Path)
             write_chunks(csv_path, 1024 * 1024, tmp_path / "small")
     finally:
         csv.field_size_limit(default)
+
+
+def test_a_day_is_pushed_from_byte_ranges_of_the_csv_as_it_was_chunked(
+        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """push_day on local storage: chunks are ranges (no chunk file), Pigment receives the
+    CSV's bytes, and a CSV renamed over the day's after the first chunk changes nothing."""
+    storage = LocalStorage(tmp_path / "store")
+    events = synthetic_events(DAY, 60, seed=5)
+    storage.raw_path(DAY).parent.mkdir(parents=True)
+    storage.raw_path(DAY).write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    write_csv([storage.raw_path(DAY)], storage.csv_path(DAY))
+    data = storage.csv_path(DAY).read_bytes()
+    planned: list[Chunk] = []
+
+    def spy(*args: object, **options: object) -> list[Chunk]:
+        planned.extend(write_chunks(*args, **options))  # type: ignore[arg-type]
+        return planned
+
+    monkeypatch.setattr(imports_module, "write_chunks", spy)
+
+    def replace_csv(_: int) -> None:  # the CSV step re-run while the day is pushed
+        replacement = tmp_path / "new.csv"
+        replacement.write_bytes(data.split(b"\r\n", 1)[0] + b"\r\n")
+        replacement.replace(storage.csv_path(DAY))
+
+    outcome = push_day(make_client(stand_in), storage, DAY, CONFIGURATION_ID,
+                       len(data) // 3, poll_seconds=0.01, log=logging.getLogger(__name__),
+                       on_chunk=replace_csv)
+    assert len(planned) >= 3 and all(chunk.path is None for chunk in planned)
+    header = data.split(b"\r\n", 1)[0] + b"\r\n"
+    bodies = [record.body for record in stand_in.imports]
+    assert all(body.startswith(header) for body in bodies)
+    assert header + b"".join(body[len(header):] for body in bodies) == data
+    assert outcome.rows_pushed == 60
+    assert [row["id"] for row in stand_in.pushed_rows()] == [
+        row["id"] for row in csv.DictReader(io.StringIO(data.decode(), newline=""))]
