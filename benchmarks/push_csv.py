@@ -14,11 +14,12 @@ Two uses:
 - Without it: chunking alone, the old way (rows read with ``csv`` and re-encoded one by one,
   the implementation before the byte copy, kept below), the new (:func:`write_chunks`, chunk
   files copied as bytes) and ``ranges`` (``in_place``: no chunk file; every body read once as
-  the push reads it), side by side in one run, each in its own child process under ``rusage.py`` (CPU = user + system,
-  peak RSS; the child reports the split itself), on ``csv`` or, without one, on a CSV of
-  ``--size-mib`` MiB generated from the project's synthetic events (the default 386 MiB is the
-  1,000,000-event day's CSV). The two sets of chunk files are checked to be the same bytes,
-  and the ranges' bodies to be the chunk files' bytes::
+  the push reads it), side by side in one run, each in its own child process under
+  ``rusage.py`` (CPU = user + system, peak RSS; the child reports the split itself), on
+  ``csv`` or, without one, on a CSV of ``--size-mib`` MiB generated from the project's
+  synthetic events (the default 386 MiB is the 1,000,000-event day's CSV). The two sets of
+  chunk files are checked to be the same bytes, and the ranges' bodies to be the chunk
+  files' bytes::
 
     python benchmarks/push_csv.py --size-mib 386 --chunk-size 50
 """
