@@ -97,7 +97,7 @@ class Chunk:
 
 
 class _RangeBody(io.RawIOBase):
-    """The header, then ``length`` bytes of the file ``fd`` from ``offset`` (``os.pread``:
+    """The header, then ``length`` bytes of the file ``fd`` from ``offset`` (``os.preadv``:
     the descriptor's position is never moved, so chunks of one file can be read in turn).
 
     ``len()`` and ``tell()`` let requests send a ``Content-Length`` and stream the body.
