@@ -79,8 +79,7 @@ class Chunk:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 
-    @property
-    def event_ids(self) -> list[str]:
+    def iter_event_ids(self) -> Iterator[str]:
         """The event ids of the chunk's records, in order, read back from its bytes.
 
         Not kept in memory while chunking: a day's ids (about 90 MB for a million events)
@@ -88,12 +87,19 @@ class Chunk:
         there.
         """
         if self.id_index is None:
-            return []
+            return
+        index = self.id_index
         csv.field_size_limit(FIELD_LIMIT)
         with io.TextIOWrapper(self.open_body(), newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             next(reader, None)  # the header
-            return [row[self.id_index] for row in reader]
+            for row in reader:
+                yield row[index]
+
+    @property
+    def event_ids(self) -> list[str]:
+        """:meth:`iter_event_ids` as a list."""
+        return list(self.iter_event_ids())
 
 
 class _RangeBody(io.RawIOBase):

@@ -23,20 +23,18 @@ moves to SQLite past 200,000 ids.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from itertools import count
+from itertools import count, islice
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .chunks import FIELD_LIMIT, Chunk, write_chunks
+from .chunks import Chunk, write_chunks
 from .client import FINAL_IMPORT_STATUSES, Log, PigmentClient
 from .errors import ImportFailedError, PigmentApiError, PushAnswerLostError, StorageError
 from .lease import DEFAULT_TTL_SECONDS, hold_lease
@@ -178,19 +176,8 @@ def pushed_id_set(record: dict[str, Any], configuration_id: str, work: Path) -> 
 def chunk_id_file(chunk: Chunk, path: Path) -> IdFile:
     """The event ids of a chunk's records, in order, streamed into an id file."""
     ids = IdFile(path)
-    if chunk.id_index is None:
-        return ids
-    index = chunk.id_index
-    csv.field_size_limit(FIELD_LIMIT)
-    with io.TextIOWrapper(chunk.open_body(), newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        next(reader, None)  # the header
-        batch: list[str] = []
-        for row in reader:
-            batch.append(row[index])
-            if len(batch) >= ID_BATCH:
-                ids.extend(batch)
-                batch = []
+    event_ids = chunk.iter_event_ids()
+    while batch := list(islice(event_ids, ID_BATCH)):
         ids.extend(batch)
     return ids
 
