@@ -252,13 +252,13 @@ class _ChunkWriter:
     or byte ranges of the source when ``source_fd`` is set."""
 
     def __init__(self, work_dir: Path, max_bytes: int, header: bytes, id_index: int | None,
-                 setting: str, files: ExitStack) -> None:
+                 setting: str, files: ExitStack, source_fd: int | None) -> None:
         self.work_dir, self.max_bytes, self.header = work_dir, max_bytes, header
         self.id_index, self.setting, self.files = id_index, setting, files
         self.chunks: list[Chunk] = []
         self.current: Chunk | None = None
         self.handle: BinaryIO | None = None
-        self.source_fd: int | None = None  # set: chunks are ranges of this file
+        self.source_fd = source_fd  # set: chunks are ranges of this file
         self.position = len(header)  # the source offset of the next record placed
 
     def put(self, parts: list[bytes | memoryview], size: int) -> None:
@@ -271,15 +271,14 @@ class _ChunkWriter:
         if self.handle is not None:
             self.handle.close()
         number = len(self.chunks) + 1
-        if self.source_fd is not None:  # a byte range of the source, nothing written
-            self.current = Chunk(index=number, path=None, bytes=len(self.header),
-                                 id_index=self.id_index, header=self.header,
-                                 source_fd=self.source_fd, offset=self.position)
-            self.chunks.append(self.current)
-            return
-        self.current = Chunk(index=number, path=self.work_dir / f"chunk-{number:05d}.csv",
-                             bytes=len(self.header), id_index=self.id_index)
+        ranged = self.source_fd is not None  # a byte range of the source: nothing written
+        self.current = Chunk(index=number,
+                             path=None if ranged else self.work_dir / f"chunk-{number:05d}.csv",
+                             bytes=len(self.header), id_index=self.id_index, header=self.header,
+                             source_fd=self.source_fd, offset=self.position)
         self.chunks.append(self.current)
+        if ranged:
+            return
         # The ExitStack closes it if chunking stops; _new_chunk or the end otherwise.
         self.handle = self.files.enter_context(open(self.current.path, "wb"))  # noqa: SIM115
         self.handle.write(self.header)
@@ -347,9 +346,8 @@ def write_chunks(
         header = buffer[:ends[0]]
         names = _cells(header)
         id_index = names.index(id_column) if id_column in names else None
-        writer = _ChunkWriter(work_dir, max_bytes, header, id_index, setting, files)
+        writer = _ChunkWriter(work_dir, max_bytes, header, id_index, setting, files, range_fd)
         skipping = bool(skip_ids) and id_index is not None
-        writer.source_fd = range_fd
         start, ends = ends[0], ends[1:]
         while True:
             if not skipping:
