@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from itertools import count, islice
@@ -226,9 +227,11 @@ def push_day(
                                 record_path=storage.uri(storage.import_record_key(day)),
                                 record=record, forced=force)
         skip = IdSet(work, []) if force else pushed_id_set(record, configuration_id, work)
-        # Open until every chunk is pushed: on local storage, chunks are byte ranges of it.
-        with storage.open_read(storage.csv_key(day)) as source:
+        # The CSV stays open until every chunk is pushed: on local storage, chunks are byte
+        # ranges of it. The id set closes whatever happens, a missing CSV included.
+        with ExitStack() as open_csv:
             try:
+                source = open_csv.enter_context(storage.open_read(storage.csv_key(day)))
                 chunks = write_chunks(source, chunk_bytes, work / "chunks", skip_ids=skip,
                                       in_place=True)
                 outcome.already_pushed = len(skip)
