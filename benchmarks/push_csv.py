@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import hashlib
 import json
 import os
 import resource
@@ -37,6 +36,7 @@ import sys
 import tempfile
 from datetime import date
 from pathlib import Path
+from typing import BinaryIO
 
 from pigment_audit_assets.core.chunks import chunk_size_bytes, write_chunks
 from pigment_audit_assets_tests.reference_chunks import reference_write_chunks
@@ -110,7 +110,7 @@ SEND_BLOCK = 16 * 1024  # urllib3's blocksize: what it reads from a body per sen
 
 
 def _ranges_match(csv_path: Path, chunk_mb: float, files: list[Path], work_dir: Path) -> bool:
-    """Whether the in-place chunks' bodies are the chunk files' bytes (SHA-256 of each)."""
+    """Whether the in-place chunks' bodies are the chunk files' bytes, block by block."""
     with open(csv_path, "rb") as source:
         chunks = write_chunks(source, chunk_size_bytes(chunk_mb, "--chunk-size"), work_dir,
                               in_place=True)
@@ -118,10 +118,21 @@ def _ranges_match(csv_path: Path, chunk_mb: float, files: list[Path], work_dir: 
             return False
         for chunk, path in zip(chunks, files, strict=True):
             with chunk.open_body() as body, open(path, "rb") as file:
-                if (hashlib.file_digest(body, "sha256").digest()
-                        != hashlib.file_digest(file, "sha256").digest()):
+                while block := file.read(MEBIBYTE):
+                    if _read_exactly(body, len(block)) != block:
+                        return False
+                if body.read(1):
                     return False
     return True
+
+
+def _read_exactly(body: BinaryIO, size: int) -> bytes:
+    """``size`` bytes of ``body`` (fewer only at its end): a raw body may read short."""
+    parts, left = [], size
+    while left and (part := body.read(left)):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def chunk_only(csv_path: Path, chunk_mb: float, which: str, work_dir: Path) -> int:
