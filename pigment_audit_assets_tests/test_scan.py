@@ -193,3 +193,66 @@ def test_a_table_filled_during_the_scan_gives_the_csv_of_the_raw_files(
     assert fused.rows == plain.rows == sum(day.events for day in scan.days.values()) == 368
     assert (tmp_path / "fused.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
     assert fused.collisions == plain.collisions == 1
+
+
+@pytest.mark.parametrize("budget", [None, 4096], ids=["in memory", "spilled to SQLite"])
+def test_a_scan_without_raw_files_gives_the_rows_and_rejects_of_one_with_them(
+        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        budget: int | None) -> None:
+    """The command line's scan (``raw_files=False``) writes the CSV, the rejects and the
+    counts of a scan that writes raw files, and no raw file."""
+    if budget is not None:
+        monkeypatch.setattr(collect, "MEMORY_BUDGET", budget)
+    days = [DAY - timedelta(days=1), DAY]
+    fill(stand_in, days, 150)
+    events = synthetic_events(DAY, 40, seed=6)
+    stand_in.add_events(events)
+    stand_in.add_events(events[:20])  # served twice
+    ingested = f"{DAY.isoformat()}T12:00:00.000Z"
+
+    def nested(depth: int) -> object:
+        value: object = "bottom"
+        for level in range(depth):
+            value = [value] if level % 2 else {"k": value}
+        return value
+
+    odd = [  # unshaped (too wide to compile), too deep for a raw file, a big integer, no id
+        {"id": "wide", "eventTimestamp": f"{DAY}T02:00:00Z", "ingestionTimestamp": ingested,
+         **{f"f{number}": number for number in range(1500)}},
+        {**events[3], "id": "deep", "payload": nested(300)},
+        {**events[4], "id": "big", "payload": {"count": 123456789012345678901234567890}},
+        {"eventTimestamp": f"{DAY}T03:00:00Z", "ingestionTimestamp": ingested},
+    ]
+    stand_in.add_events(odd)
+    scans = {}
+    for name, raw_files in (("with", True), ("without", False)):
+        storage = LocalStorage(tmp_path / name)
+        with CsvTable(tmp_path / f"scratch-{name}") as table:
+            scan = fetch_days(make_client(stand_in), days, parse_zone("UTC"), storage,
+                              now=STAND_IN_NOW, log=log, table=table, raw_files=raw_files)
+            table.write(tmp_path / f"{name}.csv")
+        scans[name] = (storage, scan)
+    (with_raw, scan), (without_raw, rows_only) = scans["with"], scans["without"]
+    assert (tmp_path / "without.csv").read_bytes() == (tmp_path / "with.csv").read_bytes()
+    assert b"123456789012345678901234567890" in (tmp_path / "without.csv").read_bytes()
+    for day in days:
+        assert not without_raw.raw_path(day).exists()
+        assert with_raw.raw_path(day).exists()
+        ours, theirs = rows_only.days[day], scan.days[day]
+        assert (ours.events, ours.event_types, ours.first_event_at, ours.last_event_at,
+                ours.rejected) == (theirs.events, theirs.event_types, theirs.first_event_at,
+                                   theirs.last_event_at, theirs.rejected)
+    assert scan.days[DAY].events == 150 + 40 + 2 and scan.days[DAY].rejected == 2
+    assert (without_raw.rejected_path(DAY).read_bytes()
+            == with_raw.rejected_path(DAY).read_bytes())
+    reasons = {orjson.loads(line)["reason"]
+               for line in without_raw.rejected_path(DAY).read_bytes().splitlines()}
+    assert reasons == {"nested deeper than 254 levels", "no id"}
+    assert (rows_only.duplicates, rows_only.rejected) == (scan.duplicates, scan.rejected) == (20, 2)
+
+
+def test_a_scan_without_raw_files_needs_a_table(stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="raw_files=False needs a table"):
+        fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), LocalStorage(tmp_path),
+                   now=STAND_IN_NOW, log=log, raw_files=False)
+    assert sum(stand_in.request_counts.values()) == 0  # refused before any request

@@ -178,10 +178,11 @@ def _run(args: argparse.Namespace) -> int:
             CsvTable(Path(scratch)) as table:
         storage = LocalStorage(scratch)
         with _progress(desc="Fetching events", unit=" events", unit_scale=True) as bar:
-            # The CSV's rows are rendered during the scan: no second parse of the raw files.
+            # The CSV's rows are rendered during the scan, and no raw file is written: the
+            # command line keeps only the CSV (and the rejects), as the script did.
             scan = fetch_days(client, days_between(args.start_date, args.end_date), zone,
                               storage, now=datetime.now(timezone.utc), log=log,
-                              on_page=bar.update, table=table)
+                              on_page=bar.update, table=table, raw_files=False)
         _keep_rejects(scan.days.values(), output)
         events = sum(day.events for day in scan.days.values())
         log.info(f"API pass complete: {events:,} events in {len(scan.days)} day(s), "

@@ -13,7 +13,9 @@ JSON objects, lack an id or lack a parseable ``eventTimestamp`` go to the day's 
 
 Given a :class:`CsvTable`, the scan also renders each event's CSV cells while the event is
 parsed, keeps them beside its line, and adds them to the table in the order of the day files:
-the command line writes its CSV without parsing the events a second time.
+the command line writes its CSV without parsing the events a second time. The command line
+keeps no raw files, so it asks for ``raw_files=False``: the spool then holds only the cells,
+and no day's raw file is read or written (rejects files still are).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from .days import (
 )
 from .lease import hold_lease
 from .storage import Storage, scratch_dir
-from .table import CsvTable
+from .table import UNSHAPED, CsvTable
 from .watermark import WATERMARK_KEY, WatermarkState, read_watermark
 
 PROGRESS_EVERY_PAGES = 10
@@ -327,6 +329,21 @@ class _Spool:
         for stretch, slices in self._sorted_stretches(day):
             handle.writelines(stretch[start:end] for start, end in slices)
 
+    def add_day_rows(self, day: str, table: CsvTable) -> None:
+        """A scan without raw files: the day's stored kinds and cells, as ``table``'s next
+        rows, by event time then id."""
+        kinds: list[int] = []
+        rows: list[bytes] = []
+        for payload in self.sorted_payloads(day):  # as _cells_only made them
+            kind, _, cells = payload.partition(b" ")
+            kinds.append(int(kind))
+            rows.append(cells)
+            if len(kinds) >= READ_RUN:
+                table.add_rows(kinds, rows)
+                kinds, rows = [], []
+        if kinds:
+            table.add_rows(kinds, rows)
+
     def sorted_payloads(self, day: str) -> Iterator[bytes]:
         """The day's stored lines (with their cells, if rendered), by event time then id."""
         if self.sqlite is not None:
@@ -445,10 +462,13 @@ def fetch_days(
     since: datetime | None = None,
     unreachable: Callable[[date], str | None] | None = None,
     lease_wait_seconds: float = 3600.0,
+    raw_files: bool = True,
 ) -> ScanResult:
     """Scan the Audit API once for ``days`` and write each day's raw and rejects files.
 
-    With ``table``, each day's events are also added to it as CSV rows, in file order. The scan
+    With ``table``, each day's events are also added to it as CSV rows, in file order. With
+    ``raw_files=False`` (which needs ``table``), the raw files are neither read nor written:
+    the rows are the events of this scan alone, in the order their files would have. The scan
     starts at the first day's start, or at ``since``. Events of other days are counted and left
     out, unless ``unreachable`` is given (the incremental daily scan): then each goes into the
     raw file of its own day too, unless ``unreachable(day)`` gives a reason not to (the day is
@@ -457,12 +477,15 @@ def fetch_days(
     wanted = sorted(set(days))
     if not wanted:
         raise ValueError("no days to fetch")
+    if not raw_files and table is None:
+        raise ValueError("raw_files=False needs a table: the scan would keep nothing")
     if since is None:
         check_lookback(wanted[0], zone, now)  # before any request: old files stay untouched
         since = day_start(wanted[0], zone)
     with scratch_dir("scan") as work:
         return _scan(client, wanted, zone, storage, work, since, unreachable, log=log,
-                     on_page=on_page, table=table, lease_wait_seconds=lease_wait_seconds)
+                     on_page=on_page, table=table, lease_wait_seconds=lease_wait_seconds,
+                     raw_files=raw_files)
 
 
 @dataclass
@@ -537,7 +560,7 @@ def _newest_ingestion(page: list[Any], newest: datetime | None) -> datetime | No
 def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: Storage,
           work: Path, since: datetime, unreachable: Callable[[date], str | None] | None, *,
           log: Log, on_page: Any, table: CsvTable | None,
-          lease_wait_seconds: float) -> ScanResult:
+          lease_wait_seconds: float, raw_files: bool) -> ScanResult:
     wanted_set = set(wanted)
     place = _Classifier(zone)
     day_keys = {day: day.isoformat() for day in wanted}
@@ -581,13 +604,16 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                         continue
                     result.extra_days.add(event_day)
                 try:
-                    line = jsonio.dumps(item)
+                    if raw_files:
+                        line = jsonio.dumps(item)
+                        if table is not None:  # rendered now, while parsed
+                            line = _with_cells(line, item, table)
+                    else:
+                        line = _cells_only(item, table)  # type: ignore[arg-type]
                 except jsonio.NestingTooDeep as error:  # orjson cannot write it: set aside
                     rejects.append((day_keys[event_day], str(error),
                                     jsonio.dumps(item, any_depth=True)))
                     continue
-                if table is not None:  # rendered now, while parsed
-                    line = _with_cells(line, item, table)
                 rows.append((event_id, day_keys[event_day], at, _event_type(item), line))
             result.duplicates += len(rows) - spool.add_events(rows)
             if rejects:
@@ -607,6 +633,9 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
             log.warning(f"{count} event(s) of {day} set aside in the rejects: {reasons[day]}.")
         incremental = unreachable is not None
         for day in sorted(wanted_set | result.extra_days):
+            if not raw_files:
+                result.days[day] = _add_day_rows(spool, storage, day, log, table)  # type: ignore[arg-type]
+                continue
             result.days[day] = _write_day(
                 spool, storage, day, zone, log, table,
                 partial_scan=incremental and since > day_start(day, zone),
@@ -622,6 +651,21 @@ def _with_cells(line: bytes, item: dict[str, Any], table: CsvTable) -> bytes:
     """What the spool stores for an event when a table is filled: its line, then its rendered
     kind and cells (a JSON line holds no raw newline; :meth:`_Spool.write_day` splits them)."""
     return b"%b\n%d %b" % (line, *table.render(item))
+
+
+def _cells_only(item: dict[str, Any], table: CsvTable) -> bytes:
+    """What the spool stores for an event when no raw file is written: its rendered kind and
+    cells, as :meth:`_Spool.add_day_rows` reads them.
+
+    Raises :class:`jsonio.NestingTooDeep` for an event the raw file could not have held, so
+    that both kinds of scan reject the same events. Only an unshaped event can be that deep:
+    a compiled shape has at most ``MAX_SHAPE_CONTAINERS`` (200) containers, so it is checked
+    alone, the way the raw scan checks every event.
+    """
+    kind, cells = table.render(item)
+    if kind == UNSHAPED:
+        jsonio.dumps(item)
+    return b"%d %b" % (kind, cells)
 
 
 def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zone: ZoneInfo,
@@ -700,17 +744,7 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
     day_file = DayFile(day=day, path=storage.uri(file_key))
     previous_digest = _merge_previous(spool, storage, file_key, key, zone, table,
                                       day_file.misplaced)
-    first_at = last_at = None
-    for event_type, count, added, kept, low, high in spool.day_types(key):
-        day_file.event_types[event_type or "(none)"] += count
-        day_file.events += count
-        day_file.added += added
-        day_file.kept_from_before += kept
-        first_at = low if first_at is None else min(first_at, low)
-        last_at = high if last_at is None else max(last_at, high)
-    if first_at is not None:
-        day_file.first_event_at, day_file.last_event_at = _iso(first_at), _iso(last_at)
-        day_file.first_at, day_file.last_at = first_at, last_at
+    _count_events(spool, key, day_file)
     if only_if_added and previous_digest is not None and day_file.added == 0:
         day_file.bytes = storage.size(file_key)
         return day_file
@@ -729,6 +763,32 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
                     "this scan; they were kept.")
     _write_rejects(spool, storage, day, key, day_file, log)
     return day_file
+
+
+def _add_day_rows(spool: _Spool, storage: Storage, day: date, log: Log,
+                  table: CsvTable) -> DayFile:
+    """A scan without raw files: the day's rows into ``table``, and its rejects file."""
+    key = day.isoformat()
+    day_file = DayFile(day=day, path=storage.uri(storage.raw_key(day)))
+    _count_events(spool, key, day_file)
+    spool.add_day_rows(key, table)
+    _write_rejects(spool, storage, day, key, day_file, log)
+    return day_file
+
+
+def _count_events(spool: _Spool, key: str, day_file: DayFile) -> None:
+    """The day's counts by type, added and kept, and its first and last event times."""
+    first_at = last_at = None
+    for event_type, count, added, kept, low, high in spool.day_types(key):
+        day_file.event_types[event_type or "(none)"] += count
+        day_file.events += count
+        day_file.added += added
+        day_file.kept_from_before += kept
+        first_at = low if first_at is None else min(first_at, low)
+        last_at = high if last_at is None else max(last_at, high)
+    if first_at is not None and last_at is not None:
+        day_file.first_event_at, day_file.last_event_at = _iso(first_at), _iso(last_at)
+        day_file.first_at, day_file.last_at = first_at, last_at
 
 
 def _write_rejects(spool: _Spool, storage: Storage, day: date, key: str, day_file: DayFile,
