@@ -9,6 +9,7 @@ event, count columns with a ``Counter``, order them with ``most_common``, and wr
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pigment_audit_assets.core import table
+from pigment_audit_assets.core import shapes, table
 from pigment_audit_assets.core.flatten import flatten_event
 from pigment_audit_assets.core.table import write_csv
 
@@ -148,3 +149,23 @@ def test_deep_and_wide_events(tmp_path: Path) -> None:
     write_csv([write_jsonl(tmp_path / "raw.jsonl", events)], ours)
     script_csv(events, theirs)
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_quote_cells_quotes_each_cell_as_csv_writer_does(seed: int) -> None:
+    """``quote_cells`` finds the cells to quote in one translated copy; each cell must come
+    out as ``csv.writer`` writes it, whatever its neighbours hold."""
+    rng = random.Random(seed)
+    alphabet = ["a", "é", "日", ",", '"', "\r", "\n", " ", "x"]
+    for _ in range(3000):
+        cells = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(4)))
+                 for _ in range(rng.randint(1, 6))]
+        data = "\x1f".join(cells).encode()
+        quoted = shapes.quote_cells(data)
+        expected = []
+        for cell in cells:
+            buffer = io.StringIO(newline="")
+            csv.writer(buffer, quoting=csv.QUOTE_MINIMAL).writerow([cell])
+            # csv.writer writes a lone empty cell as "": in a row it is empty.
+            expected.append("" if cell == "" else buffer.getvalue().removesuffix("\r\n"))
+        assert quoted.decode().split("\x1f") == expected, cells
