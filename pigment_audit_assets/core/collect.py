@@ -203,11 +203,12 @@ class _SqliteSpool:
 
     def write_day(self, day: str, handle: IO[bytes]) -> None:
         """The day's lines, sorted by event time then id, one per line."""
-        # No Python-level step per event: SQLite appends the newline.
+        # SQLite appends the newline; a write per READ_RUN lines, not per line.
         lines = self.connection.execute(
             "SELECT CAST(line || x'0a' AS BLOB) FROM events WHERE day = ? ORDER BY at, id",
             (day,))
-        handle.writelines(map(itemgetter(0), lines))
+        while run := lines.fetchmany(READ_RUN):
+            handle.write(b"".join(map(itemgetter(0), run)))
 
     def sorted_payloads(self, day: str) -> Iterator[bytes]:
         """The day's stored lines (with their cells, if rendered), by event time then id."""
@@ -326,8 +327,8 @@ class _Spool:
             return
         if self.sqlite is not None:
             return self.sqlite.write_day(day, handle)
-        for stretch, slices in self._sorted_stretches(day):
-            handle.writelines(stretch[start:end] for start, end in slices)
+        for stretch, slices in self._sorted_stretches(day):  # one write per stretch, not line
+            handle.write(b"".join([stretch[start:end] for start, end in slices]))
 
     def add_day_rows(self, day: str, table: CsvTable) -> None:
         """A scan without raw files: the day's stored kinds and cells, as ``table``'s next
@@ -713,10 +714,6 @@ class _DigestingWriter:
         self.bytes += len(data)
         self.lines += data.count(b"\n")  # a JSON line holds no raw line feed
         return self.handle.write(data)
-
-    def writelines(self, lines: Iterable[bytes]) -> None:
-        for line in lines:
-            self.write(line)
 
 
 def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,

@@ -127,7 +127,7 @@ class CsvTable:
     """A CSV being built: events rendered as they come, rows added in CSV order, then written.
 
     :meth:`render` turns an event into its *kind* (which shape, and how its cells are kept)
-    and its cells; :meth:`add` appends them as the next row. The two are apart so that a scan
+    and its cells; :meth:`add_rows` appends them as the next rows. The two are apart so that a scan
     can render each event once, when it is parsed, and add the rows later in the order of the
     day files (:func:`fetch_days` with ``table=``); :func:`write_csv` does both from raw files.
     Rows are kept in a scratch file until :meth:`write`, which needs them all to order columns.
@@ -162,7 +162,7 @@ class CsvTable:
         self.spool.close()
 
     def render(self, event: dict[str, Any]) -> tuple[int, bytes]:
-        """The event's kind and its cells, as :meth:`add` takes them."""
+        """The event's kind and its cells, as :meth:`add_rows` takes them."""
         kind = event.get("eventType")
         key = (tuple(event), kind if type(kind) is str else None)
         for shape in self.candidates.get(key, ()):
@@ -176,10 +176,6 @@ class CsvTable:
         if type(cells) is bytes:
             return shape.number * 2, cells
         return shape.number * 2 + 1, orjson.dumps(cells)
-
-    def add(self, kind: int, cells: bytes) -> None:
-        """Append one rendered event as the CSV's next row."""
-        self.add_rows([kind], [cells])
 
     def add_rows(self, kinds: list[int], rows: list[bytes]) -> None:
         """Append rendered events as the CSV's next rows."""
@@ -290,17 +286,23 @@ class _CountingWriter:
 
 def _fill(table: CsvTable, events: Iterable[dict[str, Any]]) -> None:
     """Render and add ``events`` as the table's rows, keeping their count and id digest."""
-    render, add = table.render, table.add
+    render = table.render
     digest = table.raw_ids = IdDigest()
+    kinds: list[int] = []
+    rows: list[bytes] = []
     ids: list[bytes] = []
     count = 0
     for event in events:
-        add(*render(event))
+        kind, cells = render(event)
+        kinds.append(kind)
+        rows.append(cells)
         ids.append(str(event.get("id")).encode())
-        if len(ids) >= BATCH_EVENTS:
-            count += len(ids)
+        if len(ids) >= BATCH_EVENTS:  # rows handed over a batch at a time, as the scan does
+            table.add_rows(kinds, rows)
             digest.update(ids)
-            ids.clear()
+            count += len(ids)
+            kinds, rows, ids = [], [], []
+    table.add_rows(kinds, rows)
     digest.update(ids)
     table.raw_events = count + len(ids)
 
