@@ -564,6 +564,7 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
           lease_wait_seconds: float, raw_files: bool) -> ScanResult:
     wanted_set = set(wanted)
     place = _Classifier(zone)
+    rows_only = None if raw_files else table  # the table a scan without raw files fills
     day_keys = {day: day.isoformat() for day in wanted}
     reasons: dict[date, str | None] = {}  # per day beyond those asked for: why it is set aside
     filed: dict[date, Counter[str]] = defaultdict(Counter)  # set aside, by rejects file's day
@@ -605,12 +606,12 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                         continue
                     result.extra_days.add(event_day)
                 try:
-                    if raw_files:
+                    if rows_only is not None:
+                        line = _cells_only(item, rows_only)
+                    else:
                         line = jsonio.dumps(item)
                         if table is not None:  # rendered now, while parsed
                             line = _with_cells(line, item, table)
-                    else:
-                        line = _cells_only(item, table)  # type: ignore[arg-type]
                 except jsonio.NestingTooDeep as error:  # orjson cannot write it: set aside
                     rejects.append((day_keys[event_day], str(error),
                                     jsonio.dumps(item, any_depth=True)))
@@ -634,8 +635,8 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
             log.warning(f"{count} event(s) of {day} set aside in the rejects: {reasons[day]}.")
         incremental = unreachable is not None
         for day in sorted(wanted_set | result.extra_days):
-            if not raw_files:
-                result.days[day] = _add_day_rows(spool, storage, day, log, table)  # type: ignore[arg-type]
+            if rows_only is not None:
+                result.days[day] = _add_day_rows(spool, storage, day, log, rows_only)
                 continue
             result.days[day] = _write_day(
                 spool, storage, day, zone, log, table,

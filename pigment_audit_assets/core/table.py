@@ -127,8 +127,8 @@ class CsvTable:
     """A CSV being built: events rendered as they come, rows added in CSV order, then written.
 
     :meth:`render` turns an event into its *kind* (which shape, and how its cells are kept)
-    and its cells; :meth:`add_rows` appends them as the next rows. The two are apart so that a scan
-    can render each event once, when it is parsed, and add the rows later in the order of the
+    and its cells; :meth:`add_rows` appends them as the next rows. The two are apart so that a
+    scan can render each event once, when it is parsed, and add the rows later in the order of the
     day files (:func:`fetch_days` with ``table=``); :func:`write_csv` does both from raw files.
     Rows are kept in a scratch file until :meth:`write`, which needs them all to order columns.
     """
