@@ -7,6 +7,8 @@ push every event exactly once with a record that says no more than Pigment accep
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import socket
@@ -24,8 +26,9 @@ import pytest
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.errors import DayLeaseHeldError, StorageError
 from pigment_audit_assets.core.imports import push_day, unsaved_journal
+from pigment_audit_assets.core.lease import hold_lease
 from pigment_audit_assets.core.storage import Storage, storage_from_url
-from pigment_audit_assets.core.table import write_stored_csv
+from pigment_audit_assets.core.table import write_day_csv, write_stored_csv
 from pigment_audit_assets_tests.conftest import (
     AUDIT_KEY,
     CONFIGURATION_ID,
@@ -251,3 +254,55 @@ def test_a_scan_does_not_rewrite_a_day_whose_raw_file_another_scan_is_writing(
     scan = fetch_days(make_client(stand_in), [DAY], timezone.utc, storage,
                       now=datetime.now(timezone.utc), log=log, lease_wait_seconds=0)
     assert scan.days[DAY].events == 20 and storage.list("leases/") == []
+
+
+class _WaitWatch:
+    """A log that sets ``waiting`` when a lease's holder is waited for."""
+
+    def __init__(self) -> None:
+        self.waiting = threading.Event()
+        self.messages: list[str] = []
+
+    def info(self, msg: str) -> None:
+        self.messages.append(msg)
+        if msg.startswith("Waiting for "):
+            self.waiting.set()
+
+    def warning(self, msg: str) -> None:
+        self.messages.append(msg)
+
+
+def test_the_csv_step_waits_for_a_scan_rewriting_the_raw_file(storage: Storage) -> None:
+    """The CSV is written from the raw file a scan leaves, never from the one it replaces: the
+    CSV step takes the day's raw lease, which the scan holds while it rewrites the file."""
+    older = synthetic_events(DAY, 5, seed=92)
+    newer = synthetic_events(DAY, 12, seed=93)
+    lines = b"".join(orjson.dumps(event) + b"\n" for event in older)
+    storage.write_bytes(storage.raw_key(DAY), lines)
+    holder = {"owner": "a scan in process 4343", "host": "pod-d", "pid": 4343, "token": "t",
+              "expiresAt": time.time() + 600.0}
+    assert storage.create(storage.raw_lease_key(DAY), orjson.dumps(holder))
+    with pytest.raises(DayLeaseHeldError, match=r"a scan in process 4343 \(host pod-d"):
+        write_day_csv(storage, DAY, owner="a CSV step", log=log, wait_seconds=0)
+    assert not storage.exists(storage.csv_key(DAY))  # nothing written from the older file
+    storage.delete(storage.raw_lease_key(DAY))
+
+    # A real scan's lease, and a CSV step started while the scan holds it.
+    watch = _WaitWatch()
+    with hold_lease(storage, storage.raw_lease_key(DAY), "a scan", log=log):
+        summaries = []
+        writer = threading.Thread(target=lambda: summaries.append(write_day_csv(
+            storage, DAY, owner="a CSV step", log=watch, wait_seconds=60)))
+        writer.start()
+        assert watch.waiting.wait(30), watch.messages  # it waits for the lease...
+        assert not storage.exists(storage.csv_key(DAY))  # ...having written nothing
+        storage.write_bytes(storage.raw_key(DAY),
+                            b"".join(orjson.dumps(event) + b"\n" for event in newer))
+    writer.join(60)
+    assert not writer.is_alive()
+    (summary,) = summaries
+    assert summary.rows == summary.raw_events == 12
+    rows = csv.DictReader(io.StringIO(storage.read_bytes(storage.csv_key(DAY)).decode(),
+                                      newline=""))
+    assert sorted(row["id"] for row in rows) == sorted(event["id"] for event in newer)
+    assert storage.list("leases/") == []  # both leases given back

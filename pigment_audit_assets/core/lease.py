@@ -1,13 +1,15 @@
-"""One writer per day: the lease a day's import step holds while it pushes.
+"""One writer per day: the leases a day's steps hold while they write.
 
-A lease is a small object beside the day's files (``leases/import-<day>.json``) naming its
-holder and when it expires. It is taken with a conditional create (a hard link on local disk,
-``If-None-Match: *`` on an object store), renewed by a background thread with a conditional
-replace (``If-Match`` on the ETag), and deleted when the step ends. A holder killed with
-``kill -9`` stops renewing, so its lease expires and the next run takes it over (at once, when
-the holder ran on the same host and its process is gone). Two runs of
-one day, from two deployments on one storage or with no pool limit, push one after the other:
-the second reads the import record only once it holds the lease, so it pushes nothing twice.
+A scan holds ``leases/raw-<day>.json`` while it merges and rewrites the day's raw file, and the
+CSV step holds the same lease while it reads that file and writes the CSV; the import step
+holds ``leases/import-<day>.json`` while it pushes. A lease is a small object beside the day's
+files naming its holder and when it expires. It is taken with a conditional create (a hard
+link on local disk, ``If-None-Match: *`` on an object store), renewed by a background thread
+with a conditional replace (``If-Match`` on the ETag), and deleted when the step ends. A
+holder killed with ``kill -9`` stops renewing, so its lease expires and the next run takes it
+over (at once, when the holder ran on the same host and its process is gone). Two runs of one
+day, from two deployments on one storage or with no pool limit, push one after the other: the
+second reads the import record only once it holds the lease, so it pushes nothing twice.
 """
 
 from __future__ import annotations
@@ -138,12 +140,12 @@ def _acquire(storage: Storage, key: str, owner: str, *, log: Log, ttl_seconds: f
             raise DayLeaseHeldError(
                 f"{_holder(held)} holds {storage.uri(key)} until "
                 f"{datetime.fromtimestamp(held['expiresAt'], timezone.utc):%Y-%m-%d %H:%M:%S}Z "
-                "and is pushing this day now. Let it finish (this run waited "
-                f"{wait_seconds:.0f} s), then run the day again: nothing will be pushed twice. "
-                "If that run is dead, its lease expires by itself at that time.")
+                "and is writing this day now. Let it finish (this run waited "
+                f"{wait_seconds:.0f} s), then run the day again: nothing is lost or pushed "
+                "twice. If that run is dead, its lease expires by itself at that time.")
         if not announced:
             log.info(f"Waiting for {_holder(held)}, which holds {storage.uri(key)} and is "
-                     "pushing this day now.")
+                     "writing this day now.")
             announced = True
         # Another process's progress is what we wait for: poll, at most until its expiry.
         time.sleep(max(0.05, min(2.0, held["expiresAt"] - clock(), deadline - clock())))

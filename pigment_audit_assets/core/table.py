@@ -28,6 +28,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +36,9 @@ from typing import IO, Any
 import orjson
 
 from . import jsonio
+from .client import Log
 from .flatten import flatten_event
+from .lease import hold_lease
 from .shapes import (
     CELL_SEPARATOR,
     MAX_CANDIDATES,
@@ -326,6 +329,20 @@ def write_stored_csv(storage: Storage, raw_key: str, csv_key: str) -> CsvSummary
             _fill(table, iter_events(raw, storage.uri(raw_key)))
         with storage.writer(csv_key) as handle:
             return table.write_to(handle, storage.uri(csv_key))
+
+
+def write_day_csv(storage: Storage, day: date, *, owner: str, log: Log,
+                  wait_seconds: float = 3600.0) -> CsvSummary:
+    """The day's stored CSV from its stored raw file (:func:`write_stored_csv`), read and
+    written under the day's raw lease, the one a scan holds while it rewrites that file.
+
+    Without it, a CSV step reading the raw file while another run's scan rewrites it could
+    finish last and leave the CSV of the older file beside the newer one. ``owner`` names this
+    writer to a run that waits for it; :class:`DayLeaseHeldError` after ``wait_seconds``.
+    """
+    with hold_lease(storage, storage.raw_lease_key(day), owner, log=log,
+                    wait_seconds=wait_seconds):
+        return write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day))
 
 
 def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle: IO[bytes],

@@ -141,7 +141,8 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         storage = pigment.storage()
         summaries = {}
         for day in days:
-            summary = summaries[day] = pigment.write_day_csv(day)
+            summary = summaries[day] = pigment.write_day_csv(
+                day, context.log, owner=f"Dagster run {context.run.run_id}")
             rows += summary.rows
             if summary.collisions:
                 context.log.warning(f"{day}: {summary.collisions} value(s) overwritten by keys "

@@ -29,7 +29,7 @@ from ..core.storage import (
     remove_stale_scratch,
     storage_from_url,
 )
-from ..core.table import CsvSummary, write_stored_csv
+from ..core.table import CsvSummary, write_day_csv
 from ..core.watermark import advance_watermark
 from ..core.zones import check_zone
 
@@ -178,11 +178,12 @@ class PigmentResource(dg.ConfigurableResource):
         scan.watermark = advance_watermark(storage, plan.state, scan.newest_ingested)
         return scan
 
-    def write_day_csv(self, day: date) -> CsvSummary:
-        """Flatten a day's raw file into its CSV."""
+    def write_day_csv(self, day: date, log: Log, *, owner: str) -> CsvSummary:
+        """Flatten a day's raw file into its CSV, under the day's raw lease."""
         storage = self.storage()
         try:
-            return write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day))
+            return write_day_csv(storage, day, owner=owner, log=log,
+                                 wait_seconds=self.lease_wait_seconds)
         except FileNotFoundError:
             raise ConfigError(f"{storage.uri(storage.raw_key(day))} does not exist: materialize "
                               f"the raw events of {day} first (or check {STORAGE_VARIABLE})."
