@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -152,7 +153,9 @@ def test_two_materializations_of_one_day_at_once_without_the_pool_limit(
         deadline = time.monotonic() + 240
         waiting = False
         while time.monotonic() < deadline and not waiting:
-            waiting = any(b"Waiting for Dagster run" in path.read_bytes() for path in logs)
+            # Waiting for the import lease: the raw one (scan, CSV) may be waited for first.
+            waiting = any(re.search(rb"Waiting for Dagster run [^\n]*leases/import-",
+                                    path.read_bytes()) for path in logs)
             if any(run.poll() is not None for run in runs):
                 break
             time.sleep(0.1)  # polling the runs' logs, with a deadline
