@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import time as dtime
@@ -137,18 +137,24 @@ def launch_backfill(dev: DagsterDev, partitions: list[str]) -> str:
         time.sleep(1)  # polling interval while the code location loads
 
 
-def wait_for_backfill(dev: DagsterDev, backfill_id: str) -> str:
-    deadline = time.monotonic() + BACKFILL_SECONDS
-    status = "unknown"
+def wait_for_backfills(dev: DagsterDev, backfill_ids: list[str], *,
+                       seconds: float = BACKFILL_SECONDS,
+                       log_tail: Callable[[], str] | None = None) -> list[str]:
+    """Poll until every backfill has finished (bounded); their final statuses. On time-out
+    the failure shows ``log_tail()`` (by default the webserver's log)."""
+    deadline = time.monotonic() + seconds
+    statuses = ["unknown"] * len(backfill_ids)
     while time.monotonic() < deadline:
-        answer = dev.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        assert answer["__typename"] == "PartitionBackfill", answer
-        status = answer["status"]
-        if status in FINISHED:
-            return status
+        for index, backfill_id in enumerate(backfill_ids):
+            answer = dev.graphql(BACKFILL_STATUS,
+                                 {"id": backfill_id})["partitionBackfillOrError"]
+            assert answer["__typename"] == "PartitionBackfill", answer
+            statuses[index] = answer["status"]
+        if all(status in FINISHED for status in statuses):
+            return statuses
         time.sleep(1)  # polling interval while the daemon works
-    pytest.fail(f"backfill {backfill_id} still {status} after {BACKFILL_SECONDS:.0f} s:\n"
-                f"{dev.log_tail()}")
+    pytest.fail(f"backfills {backfill_ids} still {statuses} after {seconds:.0f} s:\n"
+                f"{(log_tail or dev.log_tail)()}")
 
 
 @pytest.fixture
@@ -218,7 +224,7 @@ def test_two_day_backfill_launched_over_graphql(pigment: PigmentStandIn,
     wait_until_ready(dagster_dev)
     keys = [day.isoformat() for day in DAYS]
     backfill_id = launch_backfill(dagster_dev, keys)
-    status = wait_for_backfill(dagster_dev, backfill_id)
+    (status,) = wait_for_backfills(dagster_dev, [backfill_id])
     assert status in {"COMPLETED", "COMPLETED_SUCCESS"}, dagster_dev.log_tail()
 
     # The single-run policy: one run for both days, over the range.

@@ -50,12 +50,11 @@ from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
 from pigment_audit_assets_tests.test_dagster_dev import (
     BACKFILL_RUNS,
-    BACKFILL_STATUS,
-    FINISHED,
     DagsterDev,
     free_port,
     launch_backfill,
     stop,
+    wait_for_backfills,
     wait_until_ready,
 )
 
@@ -579,23 +578,6 @@ def services(postgres: Postgres, slow_pigment: PigmentStandIn, s3_url: str,
             stop(process)
 
 
-def wait_for_backfills(services: Services, backfill_ids: list[str]) -> list[str]:
-    """Poll until every backfill has finished (bounded); their final statuses."""
-    deadline = time.monotonic() + RUNS_SECONDS
-    statuses = ["unknown"] * len(backfill_ids)
-    while time.monotonic() < deadline:
-        for index, backfill_id in enumerate(backfill_ids):
-            answer = services.webserver.graphql(
-                BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-            assert answer["__typename"] == "PartitionBackfill", answer
-            statuses[index] = answer["status"]
-        if all(status in FINISHED for status in statuses):
-            return statuses
-        time.sleep(1)  # polling interval while the daemon works
-    pytest.fail(f"backfills still {statuses} after {RUNS_SECONDS:.0f} s:\n"
-                f"{services.log_tail()}")
-
-
 def step_intervals(postgres: Postgres, run_ids: list[str]) -> list[tuple[float, float, str]]:
     """(start, end, run:step) of every pool step of the runs, from the event log in PostgreSQL."""
     with contextlib.closing(postgres.connect()) as conn, conn.cursor() as cursor:
@@ -626,7 +608,8 @@ def test_production_instance_runs_two_backfills_one_pool_step_at_a_time(
     keys = [day.isoformat() for day in SLOW_DAYS]
     # Two backfills at once, as two clicks in the UI would launch them.
     backfills = [launch_backfill(dev, keys[:2]), launch_backfill(dev, keys[2:])]
-    statuses = wait_for_backfills(services, backfills)
+    statuses = wait_for_backfills(services.webserver, backfills, seconds=RUNS_SECONDS,
+                                  log_tail=services.log_tail)
     assert set(statuses) <= {"COMPLETED", "COMPLETED_SUCCESS"}, services.log_tail()
     run_ids = []
     for backfill_id in backfills:
