@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -256,3 +257,28 @@ def test_a_scan_without_raw_files_needs_a_table(stand_in: PigmentStandIn, tmp_pa
         fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), LocalStorage(tmp_path),
                    now=STAND_IN_NOW, log=log, raw_files=False)
     assert sum(stand_in.request_counts.values()) == 0  # refused before any request
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_in_memory_spool_counts_a_day_as_sqlite_does(tmp_path: Path, seed: int) -> None:
+    """Per type: count, added, kept, first and last time, in SQLite's order (first time, then
+    least id), with ties on time, duplicates and events of the day's previous file."""
+    rng = random.Random(seed)
+    (tmp_path / "memory").mkdir()
+    memory = collect._Spool(tmp_path / "memory", budget=1 << 30)
+    sqlite = collect._SqliteSpool(tmp_path / "spool.sqlite")
+    try:
+        for _ in range(rng.randint(1, 6)):
+            rows = [(f"e{rng.randrange(400)}", "2026-01-01", rng.randrange(30),
+                     rng.choice(["A", "B", "C", "", "D"]), b"{}") for _ in range(60)]
+            assert memory.add_events(rows) == sqlite.add_events(rows)
+        for _ in range(rng.randrange(40)):
+            row = (f"e{rng.randrange(500)}", "2026-01-01", rng.randrange(30),
+                   rng.choice(["A", "B", "E"]), b"{}")
+            memory.add_previous(row)
+            sqlite.add_previous(row)
+        assert memory.day_types("2026-01-01") == sqlite.day_types("2026-01-01")
+        assert memory.day_types("2026-01-02") == sqlite.day_types("2026-01-02") == []
+    finally:
+        memory.close()
+        sqlite.close()
