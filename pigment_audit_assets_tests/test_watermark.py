@@ -261,7 +261,7 @@ def test_a_late_event_of_a_day_before_the_first_partition_changes_nothing_else(
         old = synthetic_events(FIRST_DAY - timedelta(days=20), 1, seed=4)[0]
         old["ingestionTimestamp"] = (tick + timedelta(hours=3)).strftime(
             "%Y-%m-%dT%H:%M:%S.000Z")
-        stand_in.add_events([old])
+        stand_in.add_events([old, old])  # served twice: set aside, and counted, once
         next_tick = tick_at(FIRST_DAY + timedelta(days=2))
         stand_in.set_now(next_tick)
         result = run_job(defs, dict(one_request(defs, next_tick).tags), instance)

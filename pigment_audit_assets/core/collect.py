@@ -568,6 +568,7 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
     day_keys = {day: day.isoformat() for day in wanted}
     reasons: dict[date, str | None] = {}  # per day beyond those asked for: why it is set aside
     filed: dict[date, Counter[str]] = defaultdict(Counter)  # set aside, by rejects file's day
+    set_aside_ids: set[str] = set()  # events of unreachable days seen so far in this scan
     spool = _Spool(work, MEMORY_BUDGET)
     result = ScanResult(days={}, since=since)
     requests_before = client.request_counts["audit"]
@@ -598,9 +599,11 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                         if reasons[event_day] is None:
                             day_keys[event_day] = event_day.isoformat()
                     if reasons[event_day] is not None:
-                        result.set_aside[event_day] += 1
                         reject_day = _reject_day(item, wanted_set, wanted[0], zone)
-                        filed[reject_day][event_day.isoformat()] += 1
+                        if event_id not in set_aside_ids:  # served twice: counted once
+                            set_aside_ids.add(event_id)
+                            result.set_aside[event_day] += 1
+                            filed[reject_day][event_day.isoformat()] += 1
                         rejects.append((day_keys[reject_day], str(reasons[event_day]),
                                         jsonio.dumps(item, any_depth=True)))
                         continue
