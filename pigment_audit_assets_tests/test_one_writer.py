@@ -7,6 +7,7 @@ push every event exactly once with a record that says no more than Pigment accep
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -20,10 +21,12 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from pigment_audit_assets.core import table as table_module
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.errors import DayLeaseHeldError, StorageError
 from pigment_audit_assets.core.imports import push_day, unsaved_journal
@@ -309,3 +312,24 @@ def test_the_csv_step_waits_for_a_scan_rewriting_the_raw_file(storage: Storage) 
                                       newline=""))
     assert sorted(row["id"] for row in rows) == sorted(event["id"] for event in newer)
     assert storage.list("leases/") == []  # both leases given back
+
+
+def test_a_csv_step_whose_lease_was_taken_over_commits_nothing(
+        storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw lease lost while the CSV was being written (it expired, a scan took it over and
+    may be rewriting the raw file): the CSV step fails and the stored CSV stays as it was."""
+    _prepare_day(storage, 8)
+    stored = storage.read_bytes(storage.csv_key(DAY))
+    storage.write_bytes(storage.raw_key(DAY), b"".join(
+        orjson.dumps(event) + b"\n" for event in synthetic_events(DAY, 3, seed=94)))
+
+    @contextlib.contextmanager
+    def lost_while_held(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with hold_lease(*args, **kwargs) as lease:
+            lease.lost = "The lease was taken over by another run; this one stops writing."
+            yield lease
+
+    monkeypatch.setattr(table_module, "hold_lease", lost_while_held)
+    with pytest.raises(DayLeaseHeldError, match="taken over"):
+        write_day_csv(storage, DAY, owner="a CSV step", log=log)
+    assert storage.read_bytes(storage.csv_key(DAY)) == stored

@@ -282,3 +282,31 @@ def test_the_in_memory_spool_counts_a_day_as_sqlite_does(tmp_path: Path, seed: i
     finally:
         memory.close()
         sqlite.close()
+
+
+def test_an_older_day_that_gains_only_a_reject_keeps_its_file_and_files_the_reject(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """The daily scan leaves an older day's raw file alone when it brings no new event; a
+    reject of that day (here an event nested too deep) is still filed, not dropped."""
+    older = DAY - timedelta(days=1)
+    stand_in.add_events(synthetic_events(older, 20, seed=41))
+    storage = LocalStorage(tmp_path / "store")
+    fetch_days(make_client(stand_in), [older], parse_zone("UTC"), storage, now=STAND_IN_NOW,
+               log=log)
+    stored = storage.raw_path(older).read_bytes()
+    assert not storage.rejected_path(older).exists()
+    deep: object = "bottom"
+    for level in range(300):
+        deep = [deep] if level % 2 else {"k": deep}
+    base = synthetic_events(older, 1, seed=42)[0]
+    stand_in.add_events([{**base, "id": "deep-older", "payload": deep}])
+    scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                      now=STAND_IN_NOW, log=log,
+                      since=datetime.combine(older, datetime.min.time(), tzinfo=timezone.utc),
+                      unreachable=lambda day: None)
+    assert scan.days[older].added == 0 and scan.days[older].rejected == 1
+    assert storage.raw_path(older).read_bytes() == stored  # left as it was
+    (record,) = [orjson.loads(line)
+                 for line in storage.rejected_path(older).read_bytes().splitlines()]
+    assert record["event"]["id"] == "deep-older"
+    assert record["reason"] == "nested deeper than 254 levels"

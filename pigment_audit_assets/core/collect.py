@@ -72,7 +72,9 @@ _TypeCount = tuple[str, int, int, int, int, int]  # type, count, added, kept, fi
 
 @dataclass
 class DayFile:
-    """What one day's raw file holds after a scan."""
+    """What one day's raw file holds after a scan (after a scan without raw files: the day's
+    events that scan found; ``path`` then names a file not written, and ``bytes``,
+    ``changed`` and ``lines_written`` stay unset)."""
 
     day: date
     path: str  # the raw file's URI (a local path or s3://...)
@@ -211,7 +213,8 @@ class _SqliteSpool:
             handle.write(b"".join(map(itemgetter(0), run)))
 
     def sorted_payloads(self, day: str) -> Iterator[bytes]:
-        """The day's stored lines (with their cells, if rendered), by event time then id."""
+        """The day's stored payloads, by event time then id: lines (with their cells, if
+        rendered), or kinds and cells alone in a scan without raw files."""
         return map(itemgetter(0), self.connection.execute(
             "SELECT line FROM events WHERE day = ? ORDER BY at, id", (day,)))
 
@@ -346,7 +349,8 @@ class _Spool:
             table.add_rows(kinds, rows)
 
     def sorted_payloads(self, day: str) -> Iterator[bytes]:
-        """The day's stored lines (with their cells, if rendered), by event time then id."""
+        """The day's stored payloads, by event time then id: lines (with their cells, if
+        rendered), or kinds and cells alone in a scan without raw files."""
         if self.sqlite is not None:
             yield from self.sqlite.sorted_payloads(day)
             return
@@ -465,7 +469,8 @@ def fetch_days(
     lease_wait_seconds: float = 3600.0,
     raw_files: bool = True,
 ) -> ScanResult:
-    """Scan the Audit API once for ``days`` and write each day's raw and rejects files.
+    """Scan the Audit API once for ``days`` and write each day's raw and rejects files (only
+    the rejects with ``raw_files=False``).
 
     With ``table``, each day's events are also added to it as CSV rows, in file order. With
     ``raw_files=False`` (which needs ``table``), the raw files are neither read nor written:
@@ -568,7 +573,7 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
     day_keys = {day: day.isoformat() for day in wanted}
     reasons: dict[date, str | None] = {}  # per day beyond those asked for: why it is set aside
     filed: dict[date, Counter[str]] = defaultdict(Counter)  # set aside, by rejects file's day
-    set_aside_ids: set[str] = set()  # events of unreachable days seen so far in this scan
+    set_aside_lines: set[tuple[date, bytes]] = set()  # what this scan set aside, by file
     spool = _Spool(work, MEMORY_BUDGET)
     result = ScanResult(days={}, since=since)
     requests_before = client.request_counts["audit"]
@@ -600,12 +605,13 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                             day_keys[event_day] = event_day.isoformat()
                     if reasons[event_day] is not None:
                         reject_day = _reject_day(item, wanted_set, wanted[0], zone)
-                        if event_id not in set_aside_ids:  # served twice: counted once
-                            set_aside_ids.add(event_id)
+                        line = jsonio.dumps(item, any_depth=True)
+                        # Counted as the rejects file holds it: once per day and line.
+                        if (reject_day, line) not in set_aside_lines:
+                            set_aside_lines.add((reject_day, line))
                             result.set_aside[event_day] += 1
                             filed[reject_day][event_day.isoformat()] += 1
-                        rejects.append((day_keys[reject_day], str(reasons[event_day]),
-                                        jsonio.dumps(item, any_depth=True)))
+                        rejects.append((day_keys[reject_day], str(reasons[event_day]), line))
                         continue
                     result.extra_days.add(event_day)
                 try:
@@ -748,6 +754,8 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
     _count_events(spool, key, day_file)
     if only_if_added and previous_digest is not None and day_file.added == 0:
         day_file.bytes = storage.size(file_key)
+        if spool.day_rejects(key):  # the file stays as it was; its new rejects are still kept
+            _write_rejects(spool, storage, day, key, day_file, log)
         return day_file
     with storage.writer(file_key) as handle:
         written = _DigestingWriter(handle)

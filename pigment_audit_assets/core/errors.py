@@ -41,4 +41,5 @@ class StorageError(PigmentAuditError, OSError):
 
 
 class DayLeaseHeldError(PigmentAuditError):
-    """Another run holds the day's import lease; the message names it."""
+    """Another run holds one of the day's leases (raw file or import); the message names
+    it."""

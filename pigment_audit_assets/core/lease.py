@@ -157,7 +157,7 @@ def _renew(lease: Lease, ttl_seconds: float, clock: Callable[[], float]) -> None
         try:
             if not lease.storage.replace(lease.key, orjson.dumps(body), lease.version):
                 lease.lost = (f"The lease {lease.storage.uri(lease.key)} was taken over by "
-                              "another run; this one stops pushing.")
+                              "another run; this one stops writing.")
                 return
             current = lease.storage.read_versioned(lease.key)
         except StorageError:

@@ -13,7 +13,7 @@ The compiled ``render(event)`` returns, for an event whose top-level keys are th
 - ``None`` when the event does not have this shape;
 - its cells, quoted as ``csv.writer`` quotes them, joined by :data:`CELL_SEPARATOR` (the
   ASCII unit separator), as UTF-8 bytes: one f-string; only when the text holds a comma, a
-  quote, CR or LF is it split and its cells quoted one by one;
+  quote, CR or LF are the cells holding them cut out and quoted (:func:`quote_cells`);
 - the list of its cells when a text holds the unit or the record separator itself (rare).
 
 For ``{"id": "e1", "actor": {"userId": "u1", "userName": "Ann"}, "n": 3}`` it compiles to::

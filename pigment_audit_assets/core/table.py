@@ -317,18 +317,23 @@ def write_csv(raw_paths: Iterable[Path], csv_path: Path) -> CsvSummary:
         return table.write(csv_path)
 
 
-def write_stored_csv(storage: Storage, raw_key: str, csv_key: str) -> CsvSummary:
+def write_stored_csv(storage: Storage, raw_key: str, csv_key: str, *,
+                     before_commit: Callable[[], None] | None = None) -> CsvSummary:
     """Flatten a stored raw file into a stored CSV, streaming both; the CSV whole or not at all.
 
     The summary carries the raw events read, with digests of their ids and of the id cells
     written (see :class:`CsvSummary`). Raises ``FileNotFoundError`` when the raw file does
-    not exist.
+    not exist. ``before_commit`` runs once the CSV is written and before it replaces the stored
+    one: if it raises, the stored CSV stays as it was.
     """
     with scratch_dir("csv") as scratch, CsvTable(scratch) as table:
         with storage.open_read(raw_key) as raw:
             _fill(table, iter_events(raw, storage.uri(raw_key)))
         with storage.writer(csv_key) as handle:
-            return table.write_to(handle, storage.uri(csv_key))
+            summary = table.write_to(handle, storage.uri(csv_key))
+            if before_commit is not None:
+                before_commit()
+            return summary
 
 
 def write_day_csv(storage: Storage, day: date, *, owner: str, log: Log,
@@ -341,8 +346,10 @@ def write_day_csv(storage: Storage, day: date, *, owner: str, log: Log,
     writer to a run that waits for it; :class:`DayLeaseHeldError` after ``wait_seconds``.
     """
     with hold_lease(storage, storage.raw_lease_key(day), owner, log=log,
-                    wait_seconds=wait_seconds):
-        return write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day))
+                    wait_seconds=wait_seconds) as lease:
+        # A lease lost meanwhile (taken over after it expired): the CSV is not committed.
+        return write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day),
+                                before_commit=lease.check)
 
 
 def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle: IO[bytes],
