@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
+from pigment_audit_assets.core import collect as collect_module
 from pigment_audit_assets.core import table as table_module
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.errors import DayLeaseHeldError, StorageError
@@ -333,3 +334,21 @@ def test_a_csv_step_whose_lease_was_taken_over_commits_nothing(
     with pytest.raises(DayLeaseHeldError, match="taken over"):
         write_day_csv(storage, DAY, owner="a CSV step", log=log)
     assert storage.read_bytes(storage.csv_key(DAY)) == stored
+
+
+def test_a_scan_whose_raw_lease_was_taken_over_leaves_the_raw_file_as_it_was(
+        stand_in: PigmentStandIn, storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    stand_in.add_events(synthetic_events(DAY, 10, seed=95))
+    storage.write_bytes(storage.raw_key(DAY), b"")
+
+    @contextlib.contextmanager
+    def lost_while_held(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with hold_lease(*args, **kwargs) as lease:
+            lease.lost = "The lease was taken over by another run; this one stops writing."
+            yield lease
+
+    monkeypatch.setattr(collect_module, "hold_lease", lost_while_held)
+    with pytest.raises(DayLeaseHeldError, match="taken over"):
+        fetch_days(make_client(stand_in), [DAY], timezone.utc, storage,
+                   now=datetime.now(timezone.utc), log=log, lease_wait_seconds=0)
+    assert storage.read_bytes(storage.raw_key(DAY)) == b""

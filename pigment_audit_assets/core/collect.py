@@ -738,14 +738,14 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
     # Read, merge and rewrite under the day's lease: two scans writing one day at once (a
     # backfill beside the daily run, no pool limit) would each drop what only the other saw.
     with hold_lease(storage, storage.raw_lease_key(day), f"a scan in process {os.getpid()}",
-                    log=log, wait_seconds=lease_wait_seconds):
+                    log=log, wait_seconds=lease_wait_seconds) as lease:
         return _merge_and_write(spool, storage, day, zone, log, table, partial_scan=partial_scan,
-                                only_if_added=only_if_added)
+                                only_if_added=only_if_added, still_held=lease.check)
 
 
 def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
                      table: CsvTable | None, *, partial_scan: bool,
-                     only_if_added: bool) -> DayFile:
+                     only_if_added: bool, still_held: Callable[[], None]) -> DayFile:
     key = day.isoformat()
     file_key = storage.raw_key(day)
     day_file = DayFile(day=day, path=storage.uri(file_key))
@@ -760,6 +760,7 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
     with storage.writer(file_key) as handle:
         written = _DigestingWriter(handle)
         spool.write_day(key, written, table)  # type: ignore[arg-type]
+        still_held()  # a lease lost meanwhile: the stored file stays as it was
     day_file.bytes, day_file.lines_written = written.bytes, written.lines
     day_file.changed = previous_digest != written.digest.hexdigest()
     if previous_digest is None:
