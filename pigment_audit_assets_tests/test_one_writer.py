@@ -315,6 +315,14 @@ def test_the_csv_step_waits_for_a_scan_rewriting_the_raw_file(storage: Storage) 
     assert storage.list("leases/") == []  # both leases given back
 
 
+@contextlib.contextmanager
+def _lost_while_held(*args: Any, **kwargs: Any) -> Iterator[Any]:
+    """``hold_lease``, with the lease lost at once, as if taken over after it expired."""
+    with hold_lease(*args, **kwargs) as lease:
+        lease.lost = "The lease was taken over by another run; this one stops writing."
+        yield lease
+
+
 def test_a_csv_step_whose_lease_was_taken_over_commits_nothing(
         storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
     """A raw lease lost while the CSV was being written (it expired, a scan took it over and
@@ -324,13 +332,7 @@ def test_a_csv_step_whose_lease_was_taken_over_commits_nothing(
     storage.write_bytes(storage.raw_key(DAY), b"".join(
         orjson.dumps(event) + b"\n" for event in synthetic_events(DAY, 3, seed=94)))
 
-    @contextlib.contextmanager
-    def lost_while_held(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with hold_lease(*args, **kwargs) as lease:
-            lease.lost = "The lease was taken over by another run; this one stops writing."
-            yield lease
-
-    monkeypatch.setattr(table_module, "hold_lease", lost_while_held)
+    monkeypatch.setattr(table_module, "hold_lease", _lost_while_held)
     with pytest.raises(DayLeaseHeldError, match="taken over"):
         write_day_csv(storage, DAY, owner="a CSV step", log=log)
     assert storage.read_bytes(storage.csv_key(DAY)) == stored
@@ -341,13 +343,7 @@ def test_a_scan_whose_raw_lease_was_taken_over_leaves_the_raw_file_as_it_was(
     stand_in.add_events(synthetic_events(DAY, 10, seed=95))
     storage.write_bytes(storage.raw_key(DAY), b"")
 
-    @contextlib.contextmanager
-    def lost_while_held(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with hold_lease(*args, **kwargs) as lease:
-            lease.lost = "The lease was taken over by another run; this one stops writing."
-            yield lease
-
-    monkeypatch.setattr(collect_module, "hold_lease", lost_while_held)
+    monkeypatch.setattr(collect_module, "hold_lease", _lost_while_held)
     with pytest.raises(DayLeaseHeldError, match="taken over"):
         fetch_days(make_client(stand_in), [DAY], timezone.utc, storage,
                    now=datetime.now(timezone.utc), log=log, lease_wait_seconds=0)

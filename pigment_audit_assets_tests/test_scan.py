@@ -6,6 +6,7 @@ import logging
 import random
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -26,6 +27,7 @@ from pigment_audit_assets_tests.conftest import (
 )
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
+from pigment_audit_assets_tests.test_json_edges import nested
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +162,30 @@ def test_wrong_key_fails_at_once_naming_the_variable(stand_in: PigmentStandIn,
     assert stand_in.request_counts["audit"] == 1
 
 
-@pytest.mark.parametrize("budget", [None, 4096], ids=["in memory", "spilled to SQLite"])
-def test_a_table_filled_during_the_scan_gives_the_csv_of_the_raw_files(
-        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        budget: int | None) -> None:
-    """The command line's CSV (rendered while scanning) is the CSV of the day files."""
-    if budget is not None:
-        monkeypatch.setattr(collect, "MEMORY_BUDGET", budget)
+@pytest.fixture(params=[None, 4096], ids=["in memory", "spilled to SQLite"])
+def spool_budget(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan's spool in memory, or moved to SQLite after a few events."""
+    if request.param is not None:
+        monkeypatch.setattr(collect, "MEMORY_BUDGET", request.param)
+
+
+def serve_two_days(stand_in: PigmentStandIn, count: int, seed: int
+                   ) -> tuple[list[date], list[dict[str, Any]]]:
+    """150 events on each of two days, and ``count`` more of the second, half served twice:
+    the days, and those ``count`` events."""
     days = [DAY - timedelta(days=1), DAY]
     fill(stand_in, days, 150)
-    events = synthetic_events(DAY, 60, seed=5)
+    events = synthetic_events(DAY, count, seed=seed)
     stand_in.add_events(events)
-    stand_in.add_events(events[:30])  # served twice
+    stand_in.add_events(events[:count // 2])  # served twice
+    return days, events
+
+
+@pytest.mark.usefixtures("spool_budget")
+def test_a_table_filled_during_the_scan_gives_the_csv_of_the_raw_files(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """The command line's CSV (rendered while scanning) is the CSV of the day files."""
+    days, _ = serve_two_days(stand_in, 60, seed=5)
     ingested = f"{DAY.isoformat()}T12:00:00.000Z"
     odd = [  # a collision, an object where others have text, and one too wide to compile
         {"id": "odd-1", "eventTimestamp": f"{DAY}T01:00:00Z", "ingestionTimestamp": ingested,
@@ -196,31 +210,17 @@ def test_a_table_filled_during_the_scan_gives_the_csv_of_the_raw_files(
     assert fused.collisions == plain.collisions == 1
 
 
-@pytest.mark.parametrize("budget", [None, 4096], ids=["in memory", "spilled to SQLite"])
+@pytest.mark.usefixtures("spool_budget")
 def test_a_scan_without_raw_files_gives_the_rows_and_rejects_of_one_with_them(
-        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        budget: int | None) -> None:
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
     """The command line's scan (``raw_files=False``) writes the CSV, the rejects and the
     counts of a scan that writes raw files, and no raw file."""
-    if budget is not None:
-        monkeypatch.setattr(collect, "MEMORY_BUDGET", budget)
-    days = [DAY - timedelta(days=1), DAY]
-    fill(stand_in, days, 150)
-    events = synthetic_events(DAY, 40, seed=6)
-    stand_in.add_events(events)
-    stand_in.add_events(events[:20])  # served twice
+    days, events = serve_two_days(stand_in, 40, seed=6)
     ingested = f"{DAY.isoformat()}T12:00:00.000Z"
-
-    def nested(depth: int) -> object:
-        value: object = "bottom"
-        for level in range(depth):
-            value = [value] if level % 2 else {"k": value}
-        return value
-
     odd = [  # unshaped (too wide to compile), too deep for a raw file, a big integer, no id
         {"id": "wide", "eventTimestamp": f"{DAY}T02:00:00Z", "ingestionTimestamp": ingested,
          **{f"f{number}": number for number in range(1500)}},
-        {**events[3], "id": "deep", "payload": nested(300)},
+        {**events[3], "id": "deep", "payload": nested(300, "bottom")},
         {**events[4], "id": "big", "payload": {"count": 123456789012345678901234567890}},
         {"eventTimestamp": f"{DAY}T03:00:00Z", "ingestionTimestamp": ingested},
     ]
@@ -295,11 +295,8 @@ def test_an_older_day_that_gains_only_a_reject_keeps_its_file_and_files_the_reje
                log=log)
     stored = storage.raw_path(older).read_bytes()
     assert not storage.rejected_path(older).exists()
-    deep: object = "bottom"
-    for level in range(300):
-        deep = [deep] if level % 2 else {"k": deep}
     base = synthetic_events(older, 1, seed=42)[0]
-    stand_in.add_events([{**base, "id": "deep-older", "payload": deep}])
+    stand_in.add_events([{**base, "id": "deep-older", "payload": nested(300, "bottom")}])
     scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
                       now=STAND_IN_NOW, log=log,
                       since=datetime.combine(older, datetime.min.time(), tzinfo=timezone.utc),
