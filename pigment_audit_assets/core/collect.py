@@ -305,48 +305,39 @@ class _Spool:
                 self.reject_bytes += len(line)
         self._check_budget()
 
-    def write_day(self, day: str, handle: IO[bytes], table: CsvTable | None = None) -> None:
+    def write_day(self, day: str, handle: IO[bytes] | None,
+                  table: CsvTable | None = None) -> None:
         """The day's lines, sorted by event time then id, one per line; with ``table``, each
-        event's cells (stored after its line) go to the table as its rows."""
+        event's cells (stored after its line) go to the table as its rows. Without ``handle``
+        (a scan without raw files, whose events have empty lines), only the table gets them."""
         if table is not None:
             lines: list[bytes] = []
             kinds: list[int] = []
             rows: list[bytes] = []
-            for payload in self.sorted_payloads(day):  # as _with_cells made them
+            for payload in self.sorted_payloads(day):  # as _with_cells or _cells_only made them
                 line, _, rendered = payload.partition(b"\n")
                 kind, _, cells = rendered.partition(b" ")
                 lines.append(line)
                 kinds.append(int(kind))
                 rows.append(cells)
                 if len(lines) >= READ_RUN:
-                    lines.append(b"")
-                    handle.write(b"\n".join(lines))
+                    if handle is not None:
+                        lines.append(b"")
+                        handle.write(b"\n".join(lines))
                     table.add_rows(kinds, rows)
                     lines, kinds, rows = [], [], []
             if lines:
-                lines.append(b"")
-                handle.write(b"\n".join(lines))
+                if handle is not None:
+                    lines.append(b"")
+                    handle.write(b"\n".join(lines))
                 table.add_rows(kinds, rows)
             return
+        if handle is None:
+            raise ValueError("a day's raw file needs a handle to go to")
         if self.sqlite is not None:
             return self.sqlite.write_day(day, handle)
         for stretch, slices in self._sorted_stretches(day):  # one write per stretch, not line
             handle.write(b"".join([stretch[start:end] for start, end in slices]))
-
-    def add_day_rows(self, day: str, table: CsvTable) -> None:
-        """A scan without raw files: the day's stored kinds and cells, as ``table``'s next
-        rows, by event time then id."""
-        kinds: list[int] = []
-        rows: list[bytes] = []
-        for payload in self.sorted_payloads(day):  # as _cells_only made them
-            kind, _, cells = payload.partition(b" ")
-            kinds.append(int(kind))
-            rows.append(cells)
-            if len(kinds) >= READ_RUN:
-                table.add_rows(kinds, rows)
-                kinds, rows = [], []
-        if kinds:
-            table.add_rows(kinds, rows)
 
     def sorted_payloads(self, day: str) -> Iterator[bytes]:
         """The day's stored payloads, by event time then id: lines (with their cells, if
@@ -665,8 +656,8 @@ def _with_cells(line: bytes, item: dict[str, Any], table: CsvTable) -> bytes:
 
 
 def _cells_only(item: dict[str, Any], table: CsvTable) -> bytes:
-    """What the spool stores for an event when no raw file is written: its rendered kind and
-    cells, as :meth:`_Spool.add_day_rows` reads them.
+    """What the spool stores for an event when no raw file is written: an empty line, then its
+    rendered kind and cells, as :func:`_with_cells` stores them after a line.
 
     Raises :class:`jsonio.NestingTooDeep` for an event the raw file could not have held, so
     that both kinds of scan reject the same events. Only an unshaped event can be that deep:
@@ -676,7 +667,7 @@ def _cells_only(item: dict[str, Any], table: CsvTable) -> bytes:
     kind, cells = table.render(item)
     if kind == UNSHAPED:
         jsonio.dumps(item)
-    return b"%d %b" % (kind, cells)
+    return b"\n%d %b" % (kind, cells)
 
 
 def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zone: ZoneInfo,
@@ -781,7 +772,7 @@ def _add_day_rows(spool: _Spool, storage: Storage, day: date, log: Log,
     key = day.isoformat()
     day_file = DayFile(day=day, path=storage.uri(storage.raw_key(day)))
     _count_events(spool, key, day_file)
-    spool.add_day_rows(key, table)
+    spool.write_day(key, None, table)
     _write_rejects(spool, storage, day, key, day_file, log)
     return day_file
 
