@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import itertools
 import json
@@ -375,11 +376,17 @@ POOL_STEPS = {"raw_audit_events", "audit_events_import"}
 
 
 def postgres_bin() -> Path:
-    """The newest PostgreSQL's server binaries (Debian's layout; .ci/run installs them)."""
+    """The newest system PostgreSQL's server binaries (Debian's layout), else those of the
+    pgserver wheel that the dev extras install."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
-        pytest.fail("no PostgreSQL server binaries under /usr/lib/postgresql: .ci/run installs "
-                    "them (apt-get install postgresql)")
+        spec = importlib.util.find_spec("pgserver")
+        if spec is not None and spec.origin is not None:
+            found = sorted(Path(spec.origin).parent.glob("pginstall/bin/initdb"))
+    if not found:
+        pytest.fail("no PostgreSQL server binaries: none under /usr/lib/postgresql and no "
+                    "pgserver wheel; `pip install -e '.[dev]'` installs pgserver on Linux "
+                    "x86_64, or install PostgreSQL (apt-get install postgresql)")
     return found[-1].parent
 
 
