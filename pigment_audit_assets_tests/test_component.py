@@ -29,6 +29,11 @@ from dagster._core.storage.tags import (
 )
 
 from pigment_audit_assets.core.storage import LocalStorage
+from pigment_audit_assets.defs.component import (
+    PigmentAuditComponent,
+    WorkspaceConfigError,
+    check_distinct,
+)
 from pigment_audit_assets_tests.conftest import DAY, STAND_IN_NOW, TODAY, days_before
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
@@ -339,6 +344,33 @@ def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -
     assert field in output
     assert f"{module}/defs/{folder}/defs.yaml" in output
     assert "All definitions loaded successfully." not in output
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("s3://bucket/audit", "s3a://bucket/audit"),  # two names of S3
+    ("s3a://bucket/audit", "s3://bucket/audit/acme"),  # and one inside the other
+    ("S3://bucket/audit", "s3://bucket/audit/"),
+    ("az://container/audit", "abfs://container/audit"),  # four names of Azure Blob Storage
+    ("abfss://container/audit", "azure://container/audit"),
+])
+def test_one_bucket_under_two_scheme_names_is_refused(
+        first: str, second: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``s3a://`` reaches the objects ``s3://`` does (and ``abfs://`` those of ``az://``):
+    two workspaces on them would share files, leases and the watermark."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                        "AWS_REGION": "us-east-1", "AZURE_STORAGE_ACCOUNT_NAME": "account",
+                        "AZURE_STORAGE_ACCOUNT_KEY": "a2V5"}.items():
+        monkeypatch.setenv(name, value)
+    acme, globex = (PigmentAuditComponent(name=name, audit_key_env=f"{name.upper()}_AUDIT_KEY",
+                                          import_key_env=f"{name.upper()}_IMPORT_KEY",
+                                          storage_url=url)
+                    for name, url in (("acme", first), ("globex", second)))
+    with pytest.raises(WorkspaceConfigError, match="storage_url") as refused:
+        check_distinct([acme, globex])
+    assert first in str(refused.value) and second in str(refused.value)
+    check_distinct([acme, PigmentAuditComponent(  # another bucket of the same store is fine
+        name="globex", audit_key_env="G_AUDIT_KEY", import_key_env="G_IMPORT_KEY",
+        storage_url=second.replace("bucket", "other").replace("container", "other"))])
 
 
 def test_this_project_without_yaml_keeps_todays_definitions(tmp_path: Path) -> None:

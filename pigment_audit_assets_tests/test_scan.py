@@ -307,3 +307,45 @@ def test_an_older_day_that_gains_only_a_reject_keeps_its_file_and_files_the_reje
                  for line in storage.rejected_path(older).read_bytes().splitlines()]
     assert record["event"]["id"] == "deep-older"
     assert record["reason"] == "nested deeper than 254 levels"
+
+
+@pytest.mark.parametrize(("odd_at", "tz"), [
+    ("9999-12-31T23:00:00Z", "UTC"),  # its day is the last date: the next day's start overflows
+    ("9999-12-31T20:00:00Z", "Asia/Tokyo"),  # already the year 10000 in the zone
+    ("0001-01-01T01:00:00Z", "America/New_York"),  # still the year 0 in the zone
+    ("0001-01-01T10:00:00Z", "Asia/Tokyo"),  # its day's start is in the year 0
+    ("0001-01-01T00:00:00+01:00", "UTC"),  # the year 0 once in UTC
+])
+@pytest.mark.parametrize("id_kind", ["text id", "integer id"])  # _Classifier / classify alone
+def test_an_event_time_out_of_datetime_range_is_rejected_not_fatal(
+        odd_at: str, tz: str, id_kind: str, stand_in: PigmentStandIn, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An eventTimestamp whose day (or its next day's start) lies outside datetime's range goes
+    to the rejects with its reason; the rest of the day lands and the scan goes on."""
+    # The stand-in cannot place such an event either: as an unparseable time, outside any day.
+    from pigment_audit_assets_tests import stand_in as stand_in_module
+    exact = stand_in_module._parse_timestamp
+
+    def parse(text: str) -> datetime:
+        try:
+            return exact(text)
+        except OverflowError as error:
+            raise ValueError(str(error)) from error
+
+    monkeypatch.setattr(stand_in_module, "_parse_timestamp", parse)
+    fill(stand_in, [DAY], 60, tz=tz)
+    odd_id: Any = "odd-time" if id_kind == "text id" else 4242
+    ingested = datetime.combine(DAY, datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=12)
+    odd = {"id": odd_id, "eventType": "X", "eventTimestamp": odd_at,
+           "ingestionTimestamp": ingested.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+    stand_in.add_events([(odd, ingested)])
+    storage = LocalStorage(tmp_path / "store")
+    scan = fetch_days(make_client(stand_in), [DAY], parse_zone(tz), storage, now=STAND_IN_NOW,
+                      log=log)
+    truth = sorted(event["id"] for event in stand_in.visible_events(event_day=DAY, tz=tz))
+    assert sorted(load_ids(storage.raw_path(DAY))) == truth and len(truth) == 60
+    assert scan.rejected == 1 and scan.days[DAY].rejected == 1
+    (record,) = [orjson.loads(line)
+                 for line in storage.rejected_path(DAY).read_bytes().splitlines()]
+    assert record["event"] == odd
+    assert record["reason"] == collect.OUT_OF_RANGE

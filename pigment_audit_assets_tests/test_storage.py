@@ -6,8 +6,13 @@ the middle of a write leaving the previous object; then the errors a user can ca
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import threading
+from collections.abc import Iterator
 from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,7 +25,7 @@ from pigment_audit_assets.core.storage import (
     Storage,
     storage_from_url,
 )
-from pigment_audit_assets_tests.conftest import s3_client
+from pigment_audit_assets_tests.conftest import S3_ENVIRONMENT, s3_client
 
 DAY = date(2026, 11, 20)
 
@@ -138,3 +143,107 @@ def test_a_read_only_folder_is_named(tmp_path: Path) -> None:
         storage.check_access()
     with pytest.raises(StorageError, match=r"raw/2026-11-20.jsonl.*PIGMENT_AUDIT_STORAGE_URL"):
         storage.write_bytes(storage.raw_key(DAY), b"{}\n")
+
+
+def test_an_error_of_the_callers_own_code_passes_unchanged(storage: Storage) -> None:
+    """An OSError the caller raises inside ``open_read`` or ``writer`` (its own scratch disk
+    full, say) comes out as it was, not as a storage error pointing at the bucket; a missing
+    object is still a FileNotFoundError."""
+    storage.write_bytes("raw/a.jsonl", b'{"id": "1"}\n')
+    own = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/scratch/push/chunk-000001.csv")
+    with pytest.raises(OSError) as raised, storage.open_read("raw/a.jsonl") as handle:
+        assert handle.read() == b'{"id": "1"}\n'
+        raise own
+    assert raised.value is own and type(raised.value) is OSError
+    assert raised.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as raised, storage.writer("raw/b.jsonl") as handle:
+        handle.write(b"half")
+        raise own
+    assert raised.value is own and type(raised.value) is OSError
+    assert not storage.exists("raw/b.jsonl")  # and nothing written
+    with pytest.raises(FileNotFoundError), storage.open_read("raw/missing.jsonl"):
+        pass
+
+
+class _CutShortS3(BaseHTTPRequestHandler):
+    """An S3 GET that sends part of the object and drops the connection, then refuses the
+    resumed GET (403): a read that fails in the middle of the object's stream."""
+
+    protocol_version = "HTTP/1.1"
+    size, sent = 2_000_000, 300_000
+
+    def do_GET(self) -> None:
+        if self.headers.get("Range"):  # obstore resuming after the cut
+            body = b"<Error><Code>AccessDenied</Code><Message>denied</Message></Error>"
+            self.send_response(403)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.size))
+        self.send_header("ETag", '"cut-short"')
+        self.send_header("Last-Modified", "Fri, 20 Nov 2026 07:28:00 GMT")
+        self.end_headers()
+        self.wfile.write(b"x" * self.sent)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def cut_short_s3_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``s3://bucket/audit`` on a :class:`_CutShortS3` server on 127.0.0.1."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CutShortS3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for name, value in S3_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        yield "s3://bucket/audit"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_read_failing_midway_names_the_object_and_the_setting(cut_short_s3_url: str) -> None:
+    storage = storage_from_url(cut_short_s3_url)
+    with pytest.raises(StorageError, match=r"Could not read s3://bucket/audit/raw/2026-11-20"
+                                           r"\.jsonl.*PIGMENT_AUDIT_STORAGE_URL"), \
+            storage.open_read(storage.raw_key(DAY)) as handle:
+        for _ in iter(lambda: handle.read(1 << 16), b""):
+            pass
+
+
+@pytest.fixture
+def full_scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``PIGMENT_AUDIT_SCRATCH_DIR`` on a tmpfs of one page: a real full disk (ENOSPC)."""
+    folder = tmp_path / "scratch-full"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("needs to mount a tiny tmpfs (root, as on CI) to fill a disk for real: "
+                    + mounted.stderr.decode(errors="replace").strip())
+    monkeypatch.setenv("PIGMENT_AUDIT_SCRATCH_DIR", str(folder))
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+
+
+def test_an_object_staged_on_a_full_scratch_disk_names_the_scratch_setting(
+        s3_url: str, full_scratch: Path) -> None:
+    """The object writer stages in scratch: its full disk names PIGMENT_AUDIT_SCRATCH_DIR,
+    not the bucket, and the stored object stays as it was."""
+    storage = storage_from_url(s3_url)
+    with pytest.raises(StorageError, match=r"scratch.*No space left.*PIGMENT_AUDIT_SCRATCH_DIR"
+                       ) as raised, storage.writer("csv/day.csv") as handle:
+        handle.write(b"x" * (1 << 20))
+    assert "PIGMENT_AUDIT_STORAGE_URL" not in str(raised.value)
+    assert not storage.exists("csv/day.csv")

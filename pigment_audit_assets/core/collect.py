@@ -65,6 +65,12 @@ LOOKBACK_MARGIN = timedelta(hours=12)
 MEMORY_BUDGET = 40 * 1024 * 1024
 INDEX_ENTRY_BYTES = 384
 READ_RUN, READ_STRETCH = 1000, 4 * 1024 * 1024  # writing a day: 1,000 lines from ≤ 4 MiB reads
+# The days whose window (their start and the next day's, in any zone: offsets are under a
+# day) datetime can hold; an event on another day, or beyond datetime's range once in the zone,
+# is rejected with this reason instead of stopping the scan with an OverflowError.
+FIRST_DAY, LAST_DAY = date.min + ONE_DAY, date.max - ONE_DAY
+OUT_OF_RANGE = (f"eventTimestamp out of range (its day must fall between {FIRST_DAY} and "
+                f"{LAST_DAY})")
 
 _Row = tuple[str, str, int, str, bytes]  # an event: id, day, epoch µs, type, line
 _TypeCount = tuple[str, int, int, int, int, int]  # type, count, added, kept, first, last
@@ -126,7 +132,13 @@ def classify(item: Any, zone: ZoneInfo) -> tuple[str, date, int] | str:
         moment = parse_timestamp(item.get("eventTimestamp"))
     except (ValueError, TypeError):
         return "no parseable eventTimestamp"
-    return str(event_id), day_of(moment, zone), epoch_microseconds(moment)
+    try:
+        day = day_of(moment, zone)
+    except OverflowError:  # before the year 1 or after 9999 once in the zone
+        return OUT_OF_RANGE
+    if not FIRST_DAY <= day <= LAST_DAY:
+        return OUT_OF_RANGE
+    return str(event_id), day, epoch_microseconds(moment)
 
 
 class _Classifier:
@@ -156,7 +168,12 @@ class _Classifier:
             return "no parseable eventTimestamp"
         start, end, day = self.window
         if not start <= at < end:
-            day = day_of(EPOCH + at * ONE_MICROSECOND, self.zone)
+            try:
+                day = day_of(EPOCH + at * ONE_MICROSECOND, self.zone)
+            except OverflowError:  # as in classify: before the year 1 or after 9999
+                return OUT_OF_RANGE
+            if not FIRST_DAY <= day <= LAST_DAY:  # its window could not be computed
+                return OUT_OF_RANGE
             self.window = (epoch_microseconds(day_start(day, self.zone)),
                            epoch_microseconds(day_start(day + ONE_DAY, self.zone)), day)
         return event_id, day, at
@@ -438,7 +455,7 @@ def _reject_day(item: Any, days: set[date], first: date, zone: ZoneInfo) -> date
     if isinstance(item, dict):
         try:
             candidate = day_of(parse_timestamp(item.get("ingestionTimestamp")), zone)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):  # OverflowError: beyond datetime's range
             return first
         if candidate in days:
             return candidate

@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -55,6 +55,13 @@ def scratch_root() -> Path:
         raise StorageError(f"Cannot create the scratch folder {root} ({error.strerror}): "
                            f"set {SCRATCH_VARIABLE} to a writable local folder.") from error
     return root
+
+
+def _scratch_error(action: str, folder: Path, error: OSError) -> StorageError:
+    """A failure of local scratch, naming the folder and ``PIGMENT_AUDIT_SCRATCH_DIR``."""
+    return StorageError(f"Could not {action} in the scratch folder {folder} "
+                        f"({error.strerror or error}): free space there, or set "
+                        f"{SCRATCH_VARIABLE} to a local folder with more room.")
 
 
 @contextlib.contextmanager
@@ -309,14 +316,26 @@ class LocalStorage(Storage):
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
-        """A temporary file beside the target, renamed over it at the end."""
+        """A temporary file beside the target, renamed over it at the end.
+
+        Opening, writing and renaming the file fail with a :class:`StorageError`; an error of
+        the caller's own code between writes passes unchanged.
+        """
+        def wrap(error: OSError) -> StorageError:
+            return self._error("write", key, error)
+
+        in_caller = False
         try:
             with atomic_write(self.path(key), "wb") as handle:
-                yield handle
+                in_caller = True
+                yield _GuardedWriter(handle, wrap)  # type: ignore[misc]
+                in_caller = False
         except StorageError:
             raise
         except OSError as error:
-            raise self._error("write", key, error) from error
+            if in_caller:  # raised by the caller's code, not by this file: not ours to rename
+                raise
+            raise wrap(error) from error
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The bytes, and their digest as the version."""
@@ -411,11 +430,51 @@ def _lock(handle: IO[bytes]) -> None:
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
 
 
-class _StreamReader(io.RawIOBase):
-    """A file-like reader over obstore's stream of byte blocks (for ``io.BufferedReader``)."""
+class _GuardedWriter:
+    """A writable handle whose own failures (``write``, ``flush``) become ``wrap(error)``.
 
-    def __init__(self, blocks: Iterator[Any]) -> None:
+    The error then names what failed (the stored file, the scratch folder), and the storage's
+    context manager can let everything else raised in the caller's block pass unchanged.
+    """
+
+    def __init__(self, handle: IO[bytes], wrap: Callable[[OSError], StorageError]) -> None:
+        self._handle = handle
+        self._wrap = wrap
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except StorageError:
+            raise
+        except OSError as error:
+            raise self._wrap(error) from error
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except StorageError:
+            raise
+        except OSError as error:
+            raise self._wrap(error) from error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+class _StreamReader(io.RawIOBase):
+    """A file-like reader over obstore's stream of byte blocks (for ``io.BufferedReader``).
+
+    A failure of the stream itself becomes ``wrap(error)``: obstore raises its own exceptions
+    (not ``OSError``) when a GET breaks off midway.
+    """
+
+    def __init__(self, blocks: Iterator[Any], wrap: Callable[[Exception], StorageError]) -> None:
         self._blocks = blocks
+        self._wrap = wrap
         self._pending = memoryview(b"")
 
     def readable(self) -> bool:
@@ -423,7 +482,10 @@ class _StreamReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while not self._pending:
-            block = next(self._blocks, None)
+            try:
+                block = next(self._blocks, None)
+            except Exception as error:
+                raise self._wrap(error) from error
             if block is None:
                 return 0
             self._pending = memoryview(bytes(block))
@@ -504,14 +566,13 @@ class ObjectStorage(Storage):
             raise FileNotFoundError(f"{self.uri(key)} does not exist") from None
         except Exception as error:
             raise self._error("read", key, error) from error
-        reader = io.BufferedReader(_StreamReader(iter(result.stream(
-            min_chunk_size=UPLOAD_PART_BYTES))), buffer_size=1 << 20)
+        # Only the stream's own failures are wrapped (in _StreamReader): an error of the
+        # caller's code in its block (its scratch disk full, say) passes unchanged.
+        reader = io.BufferedReader(_StreamReader(
+            iter(result.stream(min_chunk_size=UPLOAD_PART_BYTES)),
+            lambda error: self._error("read", key, error)), buffer_size=1 << 20)
         try:
             yield reader  # type: ignore[misc]
-        except OSError as error:
-            if isinstance(error, StorageError):
-                raise
-            raise self._error("read", key, error) from error
         finally:
             reader.close()
 
@@ -522,8 +583,22 @@ class ObjectStorage(Storage):
 
         with scratch_dir("upload") as folder:
             staged = folder / "object"
-            with open(staged, "wb") as handle:
-                yield handle  # type: ignore[misc]
+
+            def wrap(error: OSError) -> StorageError:
+                return _scratch_error(f"stage {self.uri(key)}", folder, error)
+
+            in_caller = False
+            try:
+                with open(staged, "wb") as handle:
+                    in_caller = True
+                    yield _GuardedWriter(handle, wrap)  # type: ignore[misc]
+                    in_caller = False
+            except StorageError:
+                raise
+            except OSError as error:
+                if in_caller:  # raised by the caller's code: it passes unchanged
+                    raise
+                raise wrap(error) from error  # opening or closing the staged file
             try:
                 obstore.put(self.store, self._path(key), staged,
                             chunk_size=UPLOAD_PART_BYTES, max_concurrency=4)

@@ -49,7 +49,7 @@ from ..core.chunks import chunk_size_bytes
 from ..core.client import check_base_url
 from ..core.days import parse_day, parse_zone
 from ..core.errors import ConfigError
-from ..core.storage import LocalStorage, storage_from_url
+from ..core.storage import OBJECT_SCHEMES, LocalStorage, storage_from_url
 from .assets import build_assets
 from .partitions import daily_partitions
 from .resources import PigmentResource
@@ -359,7 +359,7 @@ def check_distinct(workspaces: Sequence[PigmentAuditComponent]) -> None:
                 f"{other.source} too: each workspace needs its own name (its asset keys).")
     roots: list[tuple[Any, PigmentAuditComponent]] = []
     for workspace in workspaces:
-        root = workspace.storage_root()
+        root = _same_store_name(workspace.storage_root())
         for other_root, other in roots:
             if _overlap(root, other_root):
                 raise WorkspaceConfigError(
@@ -367,6 +367,15 @@ def check_distinct(workspaces: Sequence[PigmentAuditComponent]) -> None:
                     f"(or overlaps) the storage of the workspace in {other.source} "
                     f"({other.resolved_storage_url()!r}): each workspace needs its own folder.")
         roots.append((root, workspace))
+
+
+def _same_store_name(root: Path | str) -> Path | str:
+    """``root`` with its scheme as the store it reaches: ``s3a://`` reads what ``s3://`` does,
+    ``abfs://`` what ``az://`` does, so two workspaces on them would share every file."""
+    if isinstance(root, Path):
+        return root
+    scheme, separator, rest = root.partition("://")
+    return f"{OBJECT_SCHEMES.get(scheme.lower(), scheme)}{separator}{rest}"
 
 
 def _overlap(first: Any, second: Any) -> bool:
