@@ -75,6 +75,30 @@ def test_a_bad_push_setting_stops_a_full_run_at_its_start(
     assert not (tmp_path / "raw").exists() and not (tmp_path / "imports").exists()
 
 
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"import_api_key": None}, "PIGMENT_IMPORT_API_KEY"),
+    ({"chunk_size_mb": 0}, "chunk_size_mb"),
+], ids=["no-import-key", "chunk-zero"])
+def test_a_bad_push_setting_stops_a_csv_and_import_run_before_the_csv(
+        stand_in: PigmentStandIn, tmp_path: Path, overrides: dict[str, Any],
+        needle: str) -> None:
+    stand_in.add_events(synthetic_events(DAY, 40, seed=13))
+    settings = resource_settings(stand_in, tmp_path)
+    raw = [asset for asset in ASSETS if asset.key.path[-1] == "raw_audit_events"]
+    assert dg.materialize(raw, resources={"pigment": PigmentResource(**settings)},
+                          partition_key=DAY.isoformat()).success
+    settings.update(overrides)
+    csv_and_import = [asset for asset in ASSETS if asset.key.path[-1] != "raw_audit_events"]
+    result = dg.materialize(csv_and_import, resources={"pigment": PigmentResource(**settings)},
+                            partition_key=DAY.isoformat(), raise_on_error=False,
+                            selection=[asset.key for asset in csv_and_import])
+    failures = {event.step_key: event.step_failure_data.error.to_string()
+                for event in result.all_events if event.is_step_failure}
+    assert list(failures) == ["audit_events_csv"]  # the run's first step, before the CSV
+    assert needle in failures["audit_events_csv"]
+    assert not (tmp_path / "csv").exists() and stand_in.request_counts["push"] == 0
+
+
 def test_push_settings_do_not_block_a_run_without_the_import(stand_in: PigmentStandIn,
                                                             tmp_path: Path) -> None:
     stand_in.add_events(synthetic_events(DAY, 40, seed=13))

@@ -39,6 +39,7 @@ from . import jsonio
 from .client import Log
 from .flatten import flatten_event
 from .lease import hold_lease
+from .pending import note_csv_written
 from .shapes import (
     CELL_SEPARATOR,
     MAX_CANDIDATES,
@@ -342,14 +343,17 @@ def write_day_csv(storage: Storage, day: date, *, owner: str, log: Log,
     written under the day's raw lease, the one a scan holds while it rewrites that file.
 
     Without it, a CSV step reading the raw file while another run's scan rewrites it could
-    finish last and leave the CSV of the older file beside the newer one. ``owner`` names this
+    finish last and leave the CSV of the older file beside the newer one. A day the daily scan
+    marked as pending gets the CSV noted on its mark (:mod:`.pending`). ``owner`` names this
     writer to a run that waits for it; :class:`DayLeaseHeldError` after ``wait_seconds``.
     """
     with hold_lease(storage, storage.raw_lease_key(day), owner, log=log,
                     wait_seconds=wait_seconds) as lease:
         # A lease lost meanwhile (taken over after it expired): the CSV is not committed.
-        return write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day),
-                                before_commit=lease.check)
+        summary = write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day),
+                                   before_commit=lease.check)
+        note_csv_written(storage, day)
+        return summary
 
 
 def _write_records(table: CsvTable, columns: list[str], spool: IO[bytes], handle: IO[bytes],

@@ -53,6 +53,23 @@ def _run_includes(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> 
     return asset_key in context.job_def.asset_layer.selected_asset_keys
 
 
+def _days_to_redo(context: dg.AssetExecutionContext, pigment: PigmentResource,
+                  upstream: dg.AssetKey) -> list[date]:
+    """The days a CSV or import step covers: the run's own, the older days its scan gave late
+    events (materialized upstream in this run) and, in a daily run, the days an earlier daily
+    run changed and whose import has not completed since (``pending/``: that run failed)."""
+    own = partition_days(context)
+    days = set(own) | set(days_materialized_in_run(context, upstream))
+    if context.run.tags.get(SCAN_TAG) == INCREMENTAL:
+        # Days after the run's own are not complete yet: their own run covers them.
+        left = [day for day in pigment.pending_days() if day <= own[-1] and day not in days]
+        if left:
+            context.log.info(f"Also {len(left)} day(s) an earlier daily run changed and whose "
+                             f"import has not completed since: {', '.join(map(str, left))}.")
+        days.update(left)
+    return sorted(days)
+
+
 def _report(context: dg.AssetExecutionContext, day: date, own: list[date],
             metadata: dict[str, Any]) -> None:
     """A day's metadata: on the run's own partition, or as a materialization of its own for an
@@ -135,8 +152,10 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
     )
     def audit_events_csv(context: dg.AssetExecutionContext) -> Iterator[Any]:
         pigment = resource(context)
+        # The import's settings too, when this run goes on to it: before any CSV is written.
+        pigment.check_settings(push=_run_includes(context, import_key))
         own = partition_days(context)
-        days = sorted(set(own) | set(days_materialized_in_run(context, raw_audit_events.key)))
+        days = _days_to_redo(context, pigment, raw_audit_events.key)
         rows = 0
         storage = pigment.storage()
         summaries = {}
@@ -166,7 +185,7 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         force = config.force_full_repush or context.run.tags.get(FORCE_REPUSH_TAG) == "true"
         outcomes, failures = [], []
         own = partition_days(context)
-        for day in sorted(set(own) | set(days_materialized_in_run(context, audit_events_csv.key))):
+        for day in _days_to_redo(context, pigment, audit_events_csv.key):
             try:
                 outcome = pigment.push_day(day, context.log, force=force,
                                            owner=f"Dagster run {context.run.run_id}")

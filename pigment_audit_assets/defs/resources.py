@@ -20,8 +20,9 @@ from ..core.client import (
 )
 from ..core.collect import ScanResult, fetch_days, plan_incremental_scan
 from ..core.days import parse_zone
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DayLeaseHeldError
 from ..core.imports import ImportOutcome, push_day
+from ..core.pending import clear_if_pushed, pending_days, read_mark
 from ..core.storage import (
     DEFAULT_STORAGE_URL,
     STORAGE_VARIABLE,
@@ -191,17 +192,31 @@ class PigmentResource(dg.ConfigurableResource):
 
     def push_day(self, day: date, log: Log, *, force: bool = False,
                  owner: str | None = None) -> ImportOutcome:
-        """Push the day's not-yet-pushed events and wait for Pigment's reports."""
+        """Push the day's not-yet-pushed events and wait for Pigment's reports; then the
+        day's pending mark goes, if the CSV pushed was of the raw file it was made for."""
         storage, configuration_id, chunk_bytes = (self.storage(), self.configuration_id(),
                                                   self.chunk_bytes())
         if not storage.exists(storage.csv_key(day)):
             raise ConfigError(f"{storage.uri(storage.csv_key(day))} does not exist: materialize "
                               f"the CSV of {day} first (or check {STORAGE_VARIABLE}).")
+        mark = read_mark(storage, day)  # before the CSV is read: what the push will cover
         client = self.client(log, push=True)
         try:
-            return push_day(client, storage, day, configuration_id, chunk_bytes, force=force,
-                            poll_seconds=self.import_poll_seconds,
-                            poll_timeout_seconds=self.import_poll_timeout_seconds, log=log,
-                            owner=owner, lease_wait_seconds=self.lease_wait_seconds)
+            outcome = push_day(client, storage, day, configuration_id, chunk_bytes, force=force,
+                               poll_seconds=self.import_poll_seconds,
+                               poll_timeout_seconds=self.import_poll_timeout_seconds, log=log,
+                               owner=owner, lease_wait_seconds=self.lease_wait_seconds)
         finally:
             client.close()
+        if mark is not None:
+            try:
+                if clear_if_pushed(storage, mark, owner=owner or "an import", log=log,
+                                   wait_seconds=self.lease_wait_seconds):
+                    log.info(f"{day}: no longer pending: its import completed.")
+            except DayLeaseHeldError as error:  # the push stands; the next daily run redoes it
+                log.warning(f"{day}: the import completed, but the day stays pending: {error}")
+        return outcome
+
+    def pending_days(self) -> list[date]:
+        """Days the daily scan changed whose import has not completed since."""
+        return pending_days(self.storage())

@@ -1,0 +1,218 @@
+"""Days left pending by a failed daily run: the next daily run pushes them.
+
+The daily scan files late events into older days and moves the watermark past them; when the
+run's import then fails, no later scan sees those events again. The days stay marked in
+``pending/`` until an import of them completes, and every daily run redoes the marked days.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections import Counter
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import orjson
+import pytest
+
+from pigment_audit_assets.core.lease import hold_lease
+from pigment_audit_assets.core.pending import (
+    clear_if_pushed,
+    mark_pending,
+    note_csv_written,
+    pending_days,
+    pending_key,
+    read_mark,
+)
+from pigment_audit_assets.core.storage import LocalStorage
+from pigment_audit_assets.defs.resources import PigmentResource
+from pigment_audit_assets_tests.conftest import ASSETS, DAY, TODAY, resource_settings
+from pigment_audit_assets_tests.schedule_support import (
+    JOB,
+    definitions,
+    one_request,
+    partition_metadata,
+    run_job,
+    truth_ids,
+)
+from pigment_audit_assets_tests.stand_in import PigmentStandIn
+from pigment_audit_assets_tests.synthetic import synthetic_events
+
+UTC = timezone.utc
+FIRST_DAY = TODAY - timedelta(days=16)
+LOG = logging.getLogger("test_pending")
+
+
+def tick_at(day: date) -> datetime:
+    """The schedule's tick on ``day`` (04:00 UTC)."""
+    return datetime.combine(day, time(4), tzinfo=UTC)
+
+
+def completed_ids(stand_in: PigmentStandIn) -> Counter[str]:
+    """How many times each event id is in an import Pigment completed."""
+    counts: Counter[str] = Counter()
+    for record in stand_in.imports:
+        if record.final_status == "Completed":
+            reader = csv.DictReader(io.StringIO(record.body.decode("utf-8-sig")))
+            counts.update(row["id"] for row in reader)
+    return counts
+
+
+def test_late_events_of_a_failed_daily_run_are_pushed_by_the_next(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    days = [FIRST_DAY + timedelta(days=offset) for offset in range(4)]
+    for day in days:
+        stand_in.add_events(synthetic_events(day, 30, seed=day.toordinal()))
+    # Events of the first day that Pigment ingests only three hours before the third tick.
+    late = synthetic_events(days[0], 7, seed=5, id_prefix="late-")
+    for event in late:
+        event["ingestionTimestamp"] = (tick_at(days[3]) - timedelta(hours=3)).strftime(
+            "%Y-%m-%dT%H:%M:%S.000Z")
+    stand_in.add_events(late)
+    storage = LocalStorage(tmp_path)
+    defs = definitions(FIRST_DAY, resource=PigmentResource(**resource_settings(stand_in,
+                                                                                tmp_path)))
+    with dg.DagsterInstance.ephemeral() as instance:
+        for day in days[1:3]:  # the ticks covering the first two days: all well
+            stand_in.set_now(tick_at(day))
+            assert run_job(defs, dict(one_request(defs, tick_at(day)).tags), instance).success
+        # Only the day of the last tick: its scan wrote what of it was there; its own run
+        # (the next tick) covers it.
+        assert pending_days(storage) == [days[2]]
+
+        # The third tick's scan files the late events into the first day; both of the run's
+        # pushes (its own day, and the first day) end Failed in Pigment.
+        stand_in.set_now(tick_at(days[3]))
+        stand_in.fail_next_imports(2)
+        failed = run_job(defs, dict(one_request(defs, tick_at(days[3])).tags), instance,
+                         raise_on_error=False)
+        assert not failed.success
+        assert partition_metadata(failed, "raw_audit_events")[days[0].isoformat()]
+        assert pending_days(storage) == [days[0], days[2], days[3]]
+        assert not {event["id"] for event in late} & set(completed_ids(stand_in))
+
+        # The next tick covers its own day and redoes the two pending ones.
+        tick = tick_at(days[3] + timedelta(days=1))
+        stand_in.set_now(tick)
+        result = run_job(defs, dict(one_request(defs, tick).tags), instance)
+        assert result.success
+        assert set(partition_metadata(result, "audit_events_import")) == {
+            days[0].isoformat(), days[2].isoformat(), days[3].isoformat()}
+        messages = [record.user_message for record in instance.all_logs(result.run_id)]
+        assert any("an earlier daily run changed" in message and days[0].isoformat() in message
+                   for message in messages)
+
+    assert pending_days(storage) == []  # the last tick's day had no events: nothing written
+    pushed = completed_ids(stand_in)
+    for day in days:
+        truth = truth_ids(stand_in, day)
+        assert {event_id: pushed[event_id] for event_id in truth} == dict.fromkeys(truth, 1)
+
+
+def test_a_mark_goes_only_after_an_import_of_the_csv_it_was_made_for(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    day = FIRST_DAY
+    mark_pending(storage, day)
+    seen = read_mark(storage, day)
+    assert seen is not None and not seen.csv_current
+    # No CSV written under this mark yet: an import of the older CSV leaves the mark.
+    assert not clear_if_pushed(storage, seen, owner="test", log=LOG)
+    assert pending_days(storage) == [day]
+
+    note_csv_written(storage, day)
+    seen = read_mark(storage, day)
+    assert seen is not None and seen.csv_current
+    mark_pending(storage, day)  # a scan brought the day more events meanwhile
+    assert not clear_if_pushed(storage, seen, owner="test", log=LOG)
+    assert pending_days(storage) == [day]
+
+    note_csv_written(storage, day)
+    seen = read_mark(storage, day)
+    assert seen is not None
+    assert clear_if_pushed(storage, seen, owner="test", log=LOG)
+    assert pending_days(storage) == [] and not storage.exists(pending_key(day))
+    assert not storage.list("leases/")  # the raw lease was given back
+
+
+def test_an_unreadable_mark_keeps_its_day_pending_until_rewritten(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    (tmp_path / "pending").mkdir()
+    (tmp_path / pending_key(FIRST_DAY)).write_bytes(b"{not json")
+    (tmp_path / "pending" / "notes.txt").write_bytes(b"not a day")
+    assert pending_days(storage) == [FIRST_DAY]
+    seen = read_mark(storage, FIRST_DAY)
+    assert seen is not None and not clear_if_pushed(storage, seen, owner="test", log=LOG)
+    note_csv_written(storage, FIRST_DAY)  # the next CSV of the day rewrites it readable
+    seen = read_mark(storage, FIRST_DAY)
+    assert seen is not None and clear_if_pushed(storage, seen, owner="test", log=LOG)
+
+
+def daily_job() -> dg.JobDefinition:
+    """The daily job over the settings in the environment (re-executing needs a job that a
+    fresh process can rebuild)."""
+    settings = orjson.loads(os.environ["PENDING_TEST_SETTINGS"])
+    defs = definitions(FIRST_DAY, resource=PigmentResource(**settings))
+    return defs.resolve_job_def(JOB)
+
+
+def test_re_executing_a_failed_daily_run_from_failure_pushes_its_late_days(
+        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    days = [FIRST_DAY + timedelta(days=offset) for offset in range(3)]
+    for day in days:
+        stand_in.add_events(synthetic_events(day, 20, seed=day.toordinal()))
+    late = synthetic_events(days[0], 5, seed=6, id_prefix="late-")
+    for event in late:
+        event["ingestionTimestamp"] = (tick_at(days[2]) - timedelta(hours=3)).strftime(
+            "%Y-%m-%dT%H:%M:%S.000Z")
+    stand_in.add_events(late)
+    monkeypatch.setenv("PENDING_TEST_SETTINGS",
+                       orjson.dumps(resource_settings(stand_in, tmp_path)).decode())
+    job = dg.reconstructable(daily_job)
+    defs = definitions(FIRST_DAY)
+    in_process = {"execution": {"config": {"in_process": {}}}}
+    (tmp_path / "home").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "home")) as instance:
+        stand_in.set_now(tick_at(days[1]))
+        tags = dict(one_request(defs, tick_at(days[1])).tags)
+        assert dg.execute_job(job, instance, run_config=in_process, tags=tags).success
+        stand_in.set_now(tick_at(days[2]))
+        stand_in.fail_next_imports(2)  # the run's own day and the late one
+        tags = dict(one_request(defs, tick_at(days[2])).tags)
+        failed = dg.execute_job(job, instance, run_config=in_process, tags=tags,
+                                raise_on_error=False)
+        assert not failed.success
+        # With the failed run's tags, as the UI's "Re-execute from failure" gives them.
+        again = dg.execute_job(job, instance, run_config=in_process, tags=tags,
+                               reexecution_options=dg.ReexecutionOptions.from_failure(
+                                   failed.run_id, instance))
+        assert again.success
+        imported = {m.partition for m in again.asset_materializations_for_node(
+            "audit_events_import")}
+        assert imported == {days[0].isoformat(), days[1].isoformat()}
+    pushed = completed_ids(stand_in)
+    for day in days[:2]:
+        truth = truth_ids(stand_in, day)
+        assert {event_id: pushed[event_id] for event_id in truth} == dict.fromkeys(truth, 1)
+
+
+def test_an_import_that_cannot_take_the_raw_lease_to_clear_its_mark_still_succeeds(
+        stand_in: PigmentStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    stand_in.add_events(synthetic_events(DAY, 10, seed=3))
+    pigment = PigmentResource(**resource_settings(stand_in, tmp_path, lease_wait_seconds=0))
+    raw_and_csv = [asset for asset in ASSETS if asset.key.path[-1] != "audit_events_import"]
+    assert dg.materialize(raw_and_csv, resources={"pigment": pigment},
+                          partition_key=DAY.isoformat()).success
+    storage = LocalStorage(tmp_path)
+    mark_pending(storage, DAY)
+    note_csv_written(storage, DAY)
+    with caplog.at_level(logging.WARNING), hold_lease(
+            storage, storage.raw_lease_key(DAY), "a scan elsewhere", log=LOG):
+        outcome = pigment.push_day(DAY, LOG, owner="test")
+    assert outcome.rows_pushed == 10
+    assert pending_days(storage) == [DAY]  # the next daily run redoes it: nothing is lost
+    assert "the import completed, but the day stays pending" in caplog.text
+    assert "a scan elsewhere" in caplog.text
