@@ -349,3 +349,24 @@ def test_an_event_time_out_of_datetime_range_is_rejected_not_fatal(
                  for line in storage.rejected_path(DAY).read_bytes().splitlines()]
     assert record["event"] == odd
     assert record["reason"] == collect.OUT_OF_RANGE
+
+
+def test_a_far_future_ingestion_time_does_not_move_the_watermark(
+        stand_in: PigmentStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events = synthetic_events(DAY, 50, seed=21)
+    # Ingested (says Pigment) three days after this machine's clock: STAND_IN_NOW, less a
+    # minute so that the stand-in serves it, and the scan's clock three days behind.
+    ahead = (STAND_IN_NOW - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    bogus = dict(events[0], id="bogus-ingestion", ingestionTimestamp=ahead)
+    stand_in.add_events([*events, bogus])
+    storage = LocalStorage(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        result = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                            now=STAND_IN_NOW - timedelta(days=3), log=log)
+    newest = max(datetime.fromisoformat(event["ingestionTimestamp"].replace("Z", "+00:00"))
+                 for event in events)
+    assert result.newest_ingested == newest  # the watermark a daily run would move to
+    assert f"({ahead[:19]}Z the latest)" in caplog.text
+    ids = [orjson.loads(line)["id"] for line in (tmp_path / "raw" / f"{DAY}.jsonl").read_bytes()
+           .splitlines()]
+    assert "bogus-ingestion" in ids and len(ids) == 51  # its event kept all the same

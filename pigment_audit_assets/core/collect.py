@@ -66,6 +66,10 @@ LOOKBACK_MARGIN = timedelta(hours=12)
 MEMORY_BUDGET = 40 * 1024 * 1024
 INDEX_ENTRY_BYTES = 384
 READ_RUN, READ_STRETCH = 1000, 4 * 1024 * 1024  # writing a day: 1,000 lines from ≤ 4 MiB reads
+# An ingestionTimestamp further ahead of this machine's clock is not trusted for the watermark:
+# one bogus far-future time would move it past every event to come, and the daily scans would
+# read nothing again. Left out, the watermark stays behind (re-reading costs only requests).
+INGESTION_AHEAD = timedelta(days=1)
 # The days whose window (their start and the next day's, in any zone: offsets are under a
 # day) datetime can hold; an event on another day, or beyond datetime's range once in the zone,
 # is rejected with this reason instead of stopping the scan with an OverflowError.
@@ -499,8 +503,8 @@ def fetch_days(
         since = day_start(wanted[0], zone)
     with scratch_dir("scan") as work:
         return _scan(client, wanted, zone, storage, work, since, unreachable, log=log,
-                     on_page=on_page, table=table, lease_wait_seconds=lease_wait_seconds,
-                     raw_files=raw_files)
+                     on_page=on_page, table=table, ceiling=now + INGESTION_AHEAD,
+                     lease_wait_seconds=lease_wait_seconds, raw_files=raw_files)
 
 
 @dataclass
@@ -558,25 +562,37 @@ def plan_incremental_scan(storage: Storage, days: list[date], zone: ZoneInfo, no
     return IncrementalPlan(since, state, unreachable)
 
 
-def _newest_ingestion(page: list[Any], newest: datetime | None) -> datetime | None:
-    """The newest ``ingestionTimestamp`` so far: a page is ordered by ingestion (newest or
-    oldest first), so its first and last events hold its newest."""
-    for item in (page[0], page[-1]) if page else ():
-        if isinstance(item, dict):
-            try:
-                moment = parse_timestamp(item.get("ingestionTimestamp"))
-            except (ValueError, TypeError):
-                continue
-            if newest is None or moment > newest:
-                newest = moment
+def _newest_ingestion(page: list[Any], newest: datetime | None, ceiling: datetime,
+                      ignored: list[datetime]) -> datetime | None:
+    """The newest ``ingestionTimestamp`` so far, up to ``ceiling``: a page is ordered by
+    ingestion (newest or oldest first), so its first and last events hold its newest, unless
+    one of them is past the ceiling: then every event of the page is looked at. Times past the
+    ceiling go to ``ignored``."""
+    ends = (page[0], page[-1]) if page else ()
+    for items in (ends, page):
+        before = len(ignored)
+        for item in items:
+            if isinstance(item, dict):
+                try:
+                    moment = parse_timestamp(item.get("ingestionTimestamp"))
+                except (ValueError, TypeError, OverflowError):
+                    continue
+                if moment > ceiling:
+                    ignored.append(moment)
+                elif newest is None or moment > newest:
+                    newest = moment
+        if len(ignored) == before or items is page:
+            break
+        del ignored[before:]  # counted again in the pass over the whole page
     return newest
 
 
 def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: Storage,
           work: Path, since: datetime, unreachable: Callable[[date], str | None] | None, *,
-          log: Log, on_page: Any, table: CsvTable | None,
+          log: Log, on_page: Any, table: CsvTable | None, ceiling: datetime,
           lease_wait_seconds: float, raw_files: bool) -> ScanResult:
     wanted_set = set(wanted)
+    ahead: list[datetime] = []  # ingestion times past the ceiling, left out of the watermark
     place = _Classifier(zone)
     rows_only = None if raw_files else table  # the table a scan without raw files fills
     day_keys = {day: day.isoformat() for day in wanted}
@@ -592,7 +608,8 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                  + (", and every other day that gained events." if unreachable else "."))
         for page in client.iter_audit_pages(since):
             result.pages += 1
-            result.newest_ingested = _newest_ingestion(page, result.newest_ingested)
+            result.newest_ingested = _newest_ingestion(page, result.newest_ingested, ceiling,
+                                                       ahead)
             rows: list[_Row] = []
             rejects: list[tuple[str, str, bytes]] = []
             result.events_seen += len(page)
@@ -649,6 +666,11 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
         log.info(f"Scan done: {result.pages} pages, {result.events_seen:,} events, "
                  f"{result.duplicates} duplicate(s), {result.rejected} rejected, "
                  f"{result.outside_range} outside the days asked for.")
+        if ahead:
+            log.warning(f"{len(ahead)} ingestionTimestamp(s) more than {INGESTION_AHEAD} ahead of "
+                        f"this machine's clock ({max(ahead):%Y-%m-%dT%H:%M:%SZ} the latest) "
+                        "were not taken for the watermark: a bogus time there would stop the "
+                        "daily scans from reading anything new. Their events were kept.")
         for day, count in sorted(result.set_aside.items()):
             log.warning(f"{count} event(s) of {day} set aside in the rejects: {reasons[day]}.")
         incremental = unreachable is not None
