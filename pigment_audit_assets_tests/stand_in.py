@@ -363,7 +363,10 @@ class PigmentStandIn:
             if isinstance(raw_id, str) and raw_id:
                 with contextlib.suppress(TypeError, ValueError):
                     happened = _to_us(_parse_timestamp(value.get("eventTimestamp")))
-            payload = _ENCODER.encode(value).encode()
+            try:
+                payload = _ENCODER.encode(value).encode()
+            except UnicodeEncodeError:  # a lone surrogate: sent as JSON's \uXXXX escape
+                payload = json.dumps(value, separators=(",", ":")).encode()
             new.append(_Stored(ts, event_id, next(self._seq), payload, happened))
         with self._lock:
             # Timsort merges the two sorted runs in about linear time.

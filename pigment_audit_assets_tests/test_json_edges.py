@@ -86,7 +86,6 @@ def test_json_dumps_would_not_give_orjsons_bytes() -> None:
 
 def test_loads_leaves_validity_to_orjson() -> None:
     for data in (b"[123456789012345678901234567890, NaN]",
-                 b'["\\ud800", 123456789012345678901234567890]',
                  b"[1e400, 12345678901234567890123]", b"{\"a\": 12345678901234567890123,}"):
         json_alone = None
         with contextlib.suppress(ValueError):
@@ -96,6 +95,24 @@ def test_loads_leaves_validity_to_orjson() -> None:
         assert json_alone is not None or data.endswith(b",}")  # json would have taken them
     assert jsonio.loads(b"-9223372036854775809") == -9223372036854775809  # 19 digits, signed
     assert type(jsonio.loads(b"[9223372036854775808]")[0]) is int
+
+
+def test_a_lone_surrogate_is_read_and_refused_for_a_raw_file_but_kept_for_a_reject() -> None:
+    # Valid JSON that UTF-8 cannot hold: orjson refuses the whole document, json reads it.
+    data = b'{"name": "Ann \\ud83d", "n": 123456789012345678901234567890}'
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(data)
+    value = jsonio.loads(data)
+    assert value == json.loads(data) and value["name"] == "Ann \ud83d"
+    with pytest.raises(jsonio.NotUnicode, match="lone UTF-16 surrogate"):
+        jsonio.dumps(value)
+    written = jsonio.dumps(value, any_depth=True)
+    assert written == b'{"name":"Ann \\ud83d","n":123456789012345678901234567890}'
+    assert jsonio.loads(written) == value
+    with pytest.raises(jsonio.NotUnicode):  # deep and odd at once: still refused, not escaped
+        jsonio.dumps([value, 123456789012345678901234567890])
+    with pytest.raises(jsonio.JSONDecodeError):  # not JSON at all stays refused
+        jsonio.loads(b'["\\ud83d", NaN')
 
 
 def test_nesting_limit_is_orjsons_and_any_depth_writes_without_recursion() -> None:
@@ -240,3 +257,28 @@ def test_an_event_nested_too_deep_is_rejected_and_the_day_lands(
                     == jsonio.dumps(event, any_depth=True))
         assert unwrap(600, by_id["deep-600"]["payload"]) == BIG
         assert unwrap(1500, by_id["deep-1500"]["payload"]) == 1.5e-7
+
+
+def test_an_event_with_a_lone_surrogate_is_rejected_and_the_day_lands(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """Half an emoji in a name (\\ud83d, a truncated text): orjson refuses the page it is in;
+    the page is read all the same, that event rejected with the reason, the rest kept."""
+    events = synthetic_events(DAY, 30, seed=14)
+    odd = [odd_event(events[3], "half-emoji", {"name": "Ann \ud83d"}),
+           odd_event(events[7], "half-emoji-key", {"\udc00": 1})]
+    stand_in.add_events([*events, *odd])
+    storage = LocalStorage(tmp_path / "store")
+    for scan_number in (1, 2):  # the second scan reads the first one's rejects back
+        with CsvTable(tmp_path / "scratch") as table:
+            scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                              now=STAND_IN_NOW, log=log, table=table)
+            summary = table.write(tmp_path / f"day-{scan_number}.csv")
+        assert scan.days[DAY].events == summary.rows == 30 and scan.days[DAY].rejected == 2
+        ids = [orjson.loads(line)["id"] for line in storage.raw_path(DAY).read_bytes().splitlines()]
+        assert sorted(ids) == sorted(event["id"] for event in events)
+        records = [jsonio.loads(line) for line in
+                   storage.rejected_path(DAY).read_bytes().splitlines()]
+        assert sorted((record["event"]["id"], record["reason"]) for record in records) == [
+            ("half-emoji", jsonio.NOT_UNICODE), ("half-emoji-key", jsonio.NOT_UNICODE)]
+        assert {record["event"]["id"]: record["event"] for record in records} == {
+            event["id"]: event for event in odd}  # kept exactly, escape and all

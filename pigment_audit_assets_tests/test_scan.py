@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pigment_audit_assets.core import collect
+from pigment_audit_assets.core import collect, jsonio
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.days import parse_zone
 from pigment_audit_assets.core.errors import LookbackError, PigmentApiError
@@ -217,12 +217,17 @@ def test_a_scan_without_raw_files_gives_the_rows_and_rejects_of_one_with_them(
     counts of a scan that writes raw files, and no raw file."""
     days, events = serve_two_days(stand_in, 40, seed=6)
     ingested = f"{DAY.isoformat()}T12:00:00.000Z"
-    odd = [  # unshaped (too wide to compile), too deep for a raw file, a big integer, no id
+    odd = [  # unshaped (too wide to compile), too deep for a raw file, a big integer, no id,
+        # and text with half an emoji (a lone surrogate), in a compiled shape and unshaped
         {"id": "wide", "eventTimestamp": f"{DAY}T02:00:00Z", "ingestionTimestamp": ingested,
          **{f"f{number}": number for number in range(1500)}},
         {**events[3], "id": "deep", "payload": nested(300, "bottom")},
         {**events[4], "id": "big", "payload": {"count": 123456789012345678901234567890}},
         {"eventTimestamp": f"{DAY}T03:00:00Z", "ingestionTimestamp": ingested},
+        {**events[5], "id": "half-emoji", "eventType": "Renamed \ud83d"},
+        {"id": "wide-half-emoji", "eventTimestamp": f"{DAY}T04:00:00Z",
+         "ingestionTimestamp": ingested, "name": "\ud83d",
+         **{f"f{number}": number for number in range(1500)}},
     ]
     stand_in.add_events(odd)
     scans = {}
@@ -243,13 +248,13 @@ def test_a_scan_without_raw_files_gives_the_rows_and_rejects_of_one_with_them(
         assert (ours.events, ours.event_types, ours.first_event_at, ours.last_event_at,
                 ours.rejected) == (theirs.events, theirs.event_types, theirs.first_event_at,
                                    theirs.last_event_at, theirs.rejected)
-    assert scan.days[DAY].events == 150 + 40 + 2 and scan.days[DAY].rejected == 2
+    assert scan.days[DAY].events == 150 + 40 + 2 and scan.days[DAY].rejected == 4
     assert (without_raw.rejected_path(DAY).read_bytes()
             == with_raw.rejected_path(DAY).read_bytes())
-    reasons = {orjson.loads(line)["reason"]
+    reasons = {jsonio.loads(line)["reason"]  # json's reading: a line holds \ud83d
                for line in without_raw.rejected_path(DAY).read_bytes().splitlines()}
-    assert reasons == {"nested deeper than 254 levels", "no id"}
-    assert (rows_only.duplicates, rows_only.rejected) == (scan.duplicates, scan.rejected) == (20, 2)
+    assert reasons == {"nested deeper than 254 levels", "no id", jsonio.NOT_UNICODE}
+    assert (rows_only.duplicates, rows_only.rejected) == (scan.duplicates, scan.rejected) == (20, 4)
 
 
 def test_a_scan_without_raw_files_needs_a_table(stand_in: PigmentStandIn, tmp_path: Path) -> None:

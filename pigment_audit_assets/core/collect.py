@@ -647,7 +647,7 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                         line = jsonio.dumps(item)
                         if table is not None:  # rendered now, while parsed
                             line = _with_cells(line, item, table)
-                except jsonio.NestingTooDeep as error:  # orjson cannot write it: set aside
+                except jsonio.Unwritable as error:  # a raw file cannot hold it: set aside
                     rejects.append((day_keys[event_day], str(error),
                                     jsonio.dumps(item, any_depth=True)))
                     continue
@@ -700,12 +700,18 @@ def _cells_only(item: dict[str, Any], table: CsvTable) -> bytes:
     """What the spool stores for an event when no raw file is written: an empty line, then its
     rendered kind and cells, as :func:`_with_cells` stores them after a line.
 
-    Raises :class:`jsonio.NestingTooDeep` for an event the raw file could not have held, so
-    that both kinds of scan reject the same events. Only an unshaped event can be that deep:
-    a compiled shape has at most ``MAX_SHAPE_CONTAINERS`` (200) containers, so it is checked
-    alone, the way the raw scan checks every event.
+    Raises :class:`jsonio.Unwritable` for an event the raw file could not have held, so that
+    both kinds of scan reject the same events. Only an unshaped event can be too deep: a
+    compiled shape has at most ``MAX_SHAPE_CONTAINERS`` (200) containers, so it is checked
+    alone, the way the raw scan checks every event. Text with a lone surrogate fails the
+    rendering itself (its cells are UTF-8).
     """
-    kind, cells = table.render(item)
+    try:
+        kind, cells = table.render(item)
+    except (UnicodeEncodeError, orjson.JSONEncodeError) as error:
+        if isinstance(error, orjson.JSONEncodeError) and "surrogates" not in str(error):
+            raise
+        raise jsonio.NotUnicode(jsonio.NOT_UNICODE) from None
     if kind == UNSHAPED:
         jsonio.dumps(item)
     return b"\n%d %b" % (kind, cells)

@@ -14,10 +14,17 @@
   number syntax, so the values are those ``json.loads`` gives), so that the event can be
   rejected rather than the page refused.
 
-Validity is orjson's: :func:`loads` asks ``json`` only about documents orjson has accepted,
-so both read the same documents (``json`` alone would accept ``NaN`` or lone surrogates); past
-orjson's depth, the stack parser refuses ``NaN``, ``Infinity`` and numbers too big for a
-float as orjson does. Errors are orjson's :data:`JSONDecodeError` either way.
+- Lone surrogates (``"\ud83d"``, half of an emoji cut off): JSON allows the escape, but
+  UTF-8 cannot hold it, so ``orjson.loads`` refuses the whole document and ``orjson.dumps``
+  refuses the string. :func:`loads` reads such a document with ``json`` (so one odd event
+  does not refuse its page); :func:`dumps` raises :class:`NotUnicode` for a value holding
+  one, so that the scan can reject that event, and ``any_depth=True`` writes the string with
+  ``json``'s ASCII escape instead (for the rejects file).
+
+Otherwise validity is orjson's: :func:`loads` asks ``json`` only about documents orjson has
+accepted or refused for a surrogate alone (``json`` would also accept ``NaN``); past orjson's
+depth, the stack parser refuses ``NaN``, ``Infinity`` and numbers too big for a float as
+orjson does. Errors are orjson's :data:`JSONDecodeError` either way.
 
 The check for 19 digits costs about 0.6 µs per 600-byte event line and 0.7 ms per page of
 1,000 events (a quarter to a half of orjson's own parse); documents without such a run of
@@ -39,14 +46,27 @@ MAX_DEPTH = 254  # the most nested containers orjson.dumps writes; it fails at 2
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1  # orjson's integer range, both ways
 _BIG_INT_MESSAGE = "Integer exceeds 64-bit range"
 _DEPTH_MESSAGE = "Recursion limit reached"
+_SURROGATE_MESSAGE = "str is not valid UTF-8: surrogates not allowed"
 # Every digit to "0", every other byte to a space: a run of 19 digits becomes 19 zeros, found
 # with one translate and one find (a regular expression is ten times slower on a page).
 _DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _NINETEEN_DIGITS = b"0" * 19  # 2**63 has 19 digits: shorter integers fit in 64 bits
 
 
-class NestingTooDeep(orjson.JSONEncodeError):
+class Unwritable(orjson.JSONEncodeError):
+    """A parsed value a raw file cannot hold; its text is the reason, for a reject."""
+
+
+class NestingTooDeep(Unwritable):
     """A value nested deeper than :data:`MAX_DEPTH` levels, which orjson cannot write."""
+
+
+class NotUnicode(Unwritable):
+    """A value holding a lone UTF-16 surrogate, which UTF-8 (and so orjson) cannot hold."""
+
+
+NOT_UNICODE = ("holds text that is not valid Unicode (a lone UTF-16 surrogate escape such as "
+               "\\ud83d, half of a character), which a UTF-8 file cannot hold")
 
 
 def loads(data: bytes) -> Any:
@@ -54,6 +74,13 @@ def loads(data: bytes) -> Any:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as error:
+        if "surrogate" in str(error):  # valid JSON all the same: json reads it
+            try:
+                return json.loads(data)
+            except RecursionError:
+                return _loads_deep(data)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise error from None
         if "depth limit" not in str(error):
             raise
         return _loads_deep(data)  # deeper than orjson (and json) parse
@@ -69,17 +96,32 @@ def dumps(value: Any, *, any_depth: bool = False) -> bytes:
     """``orjson.dumps(value)``, with integers beyond 64 bits written as their digits.
 
     Raises :class:`NestingTooDeep` for a value nested deeper than :data:`MAX_DEPTH` levels,
-    unless ``any_depth``.
+    and :class:`NotUnicode` for one holding a lone surrogate, unless ``any_depth`` (which
+    writes such a string with ``json``'s ``\\uXXXX`` escape).
     """
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError as error:
         message = str(error)
-        if message == _DEPTH_MESSAGE and not any_depth:
-            raise NestingTooDeep(f"nested deeper than {MAX_DEPTH} levels") from None
-        if message not in (_BIG_INT_MESSAGE, _DEPTH_MESSAGE):
+        if not any_depth:
+            if message == _DEPTH_MESSAGE:
+                raise NestingTooDeep(f"nested deeper than {MAX_DEPTH} levels") from None
+            if message == _SURROGATE_MESSAGE:
+                raise NotUnicode(NOT_UNICODE) from None
+        if message not in (_BIG_INT_MESSAGE, _DEPTH_MESSAGE, _SURROGATE_MESSAGE):
             raise
     return _dumps_walk(value, None if any_depth else MAX_DEPTH)
+
+
+def _text(text: str, escape: bool) -> bytes:
+    """A string as orjson writes it; one orjson cannot write (a lone surrogate) with
+    ``json``'s ASCII escapes if ``escape``, else :class:`NotUnicode`."""
+    try:
+        return orjson.dumps(text)
+    except orjson.JSONEncodeError:
+        if not escape:
+            raise NotUnicode(NOT_UNICODE) from None
+        return json.dumps(text).encode()  # \ud83d, and pure ASCII
 
 
 _END = object()
@@ -105,6 +147,8 @@ def _dumps_walk(value: Any, max_depth: int | None) -> bytes:
                                     False])
         elif type(item) is int and not _INT64_MIN <= item <= _UINT64_MAX:
             out.append(str(item).encode())
+        elif type(item) is str:
+            out.append(_text(item, max_depth is None))
         else:
             out.append(orjson.dumps(item))  # raises as orjson does for what it cannot write
 
@@ -123,7 +167,7 @@ def _dumps_walk(value: Any, max_depth: int | None) -> bytes:
             key, item = item
             if type(key) is not str:
                 raise orjson.JSONEncodeError("Dict key must be str")
-            out.append(orjson.dumps(key) + b":")
+            out.append(_text(key, max_depth is None) + b":")
         start(item)
     return b"".join(out)
 
