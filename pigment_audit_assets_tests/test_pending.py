@@ -74,6 +74,9 @@ def test_late_events_of_a_failed_daily_run_are_pushed_by_the_next(
             "%Y-%m-%dT%H:%M:%S.000Z")
     stand_in.add_events(late)
     storage = LocalStorage(tmp_path)
+    # A mark from before the first partition (its start moved later): no partition to redo.
+    before_first = FIRST_DAY - timedelta(days=1)
+    mark_pending(storage, before_first)
     defs = definitions(FIRST_DAY, resource=PigmentResource(**resource_settings(stand_in,
                                                                                 tmp_path)))
     with dg.DagsterInstance.ephemeral() as instance:
@@ -82,7 +85,7 @@ def test_late_events_of_a_failed_daily_run_are_pushed_by_the_next(
             assert run_job(defs, dict(one_request(defs, tick_at(day)).tags), instance).success
         # Only the day of the last tick: its scan wrote what of it was there; its own run
         # (the next tick) covers it.
-        assert pending_days(storage) == [days[2]]
+        assert pending_days(storage) == [before_first, days[2]]
 
         # The third tick's scan files the late events into the first day; both of the run's
         # pushes (its own day, and the first day) end Failed in Pigment.
@@ -92,7 +95,7 @@ def test_late_events_of_a_failed_daily_run_are_pushed_by_the_next(
                          raise_on_error=False)
         assert not failed.success
         assert partition_metadata(failed, "raw_audit_events")[days[0].isoformat()]
-        assert pending_days(storage) == [days[0], days[2], days[3]]
+        assert pending_days(storage) == [before_first, days[0], days[2], days[3]]
         assert not {event["id"] for event in late} & set(completed_ids(stand_in))
 
         # The next tick covers its own day and redoes the two pending ones.
@@ -106,7 +109,8 @@ def test_late_events_of_a_failed_daily_run_are_pushed_by_the_next(
         assert any("an earlier daily run changed" in message and days[0].isoformat() in message
                    for message in messages)
 
-    assert pending_days(storage) == []  # the last tick's day had no events: nothing written
+    # The last tick's day had no events: nothing written, nothing marked.
+    assert pending_days(storage) == [before_first]
     pushed = completed_ids(stand_in)
     for day in days:
         truth = truth_ids(stand_in, day)

@@ -61,8 +61,11 @@ def _days_to_redo(context: dg.AssetExecutionContext, pigment: PigmentResource,
     own = partition_days(context)
     days = set(own) | set(days_materialized_in_run(context, upstream))
     if context.run.tags.get(SCAN_TAG) == INCREMENTAL:
-        # Days after the run's own are not complete yet: their own run covers them.
-        left = [day for day in pigment.pending_days() if day <= own[-1] and day not in days]
+        # Days after the run's own are not complete yet: their own run covers them. Days
+        # before the first partition (its start moved later) are no partition to report.
+        first = first_partition(context)
+        left = [day for day in pigment.pending_days()
+                if first <= day <= own[-1] and day not in days]
         if left:
             context.log.info(f"Also {len(left)} day(s) an earlier daily run changed and whose "
                              f"import has not completed since: {', '.join(map(str, left))}.")
