@@ -281,6 +281,41 @@ def test_a_missing_key_fails_its_workspace_at_the_first_step_and_not_the_other(
     assert len(stand_ins["globex"].pushed_rows()) == 30
 
 
+@pytest.mark.parametrize("case", ["wrong-key", "key-with-newline", "other-zone", "storage"])
+def test_a_workspace_error_names_its_yaml_field_not_an_environment_variable(
+        case: str, stand_ins: dict[str, RecordingStandIn], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    set_keys(monkeypatch, *WORKSPACES)
+    workspaces = {name: attributes(name, stand_ins[name], tmp_path) for name in WORKSPACES}
+    field, variable = {"wrong-key": ("audit_key_env (ACME_AUDIT_KEY)", "PIGMENT_AUDIT_API_KEY"),
+                       "key-with-newline": ("audit_key_env (ACME_AUDIT_KEY)",
+                                            "PIGMENT_AUDIT_API_KEY"),
+                       "other-zone": ("timezone", "PIGMENT_AUDIT_TIMEZONE"),
+                       "storage": ("storage_url", "PIGMENT_AUDIT_STORAGE_URL")}[case]
+    if case == "wrong-key":
+        monkeypatch.setenv("ACME_AUDIT_KEY", "not-the-key")
+    elif case == "key-with-newline":
+        monkeypatch.setenv("ACME_AUDIT_KEY", WORKSPACES["acme"]["audit_key"] + "\n")
+    elif case == "other-zone":  # the stored days are of another zone than the YAML's
+        LocalStorage(tmp_path / "data" / "acme").write_bytes(
+            "pigment_audit.json", orjson.dumps({"version": 1, "timezone": "Europe/Paris"}))
+    else:  # a file where the folder should be
+        (tmp_path / "not-a-folder").write_bytes(b"")
+        workspaces["acme"]["storage_url"] = str(tmp_path / "not-a-folder")
+    module = unique_module()
+    write_project(tmp_path / "project", module, workspaces)
+    defs = load(tmp_path / "project", module, monkeypatch)
+    stand_ins["acme"].add_events(synthetic_events(DAY, 5, seed=1))
+    with dg.instance_for_test() as instance:
+        failed = run_job(defs, "acme", instance, day=DAY.isoformat())
+    assert not failed.success
+    failure = next(event for event in failed.all_events if event.is_step_failure)
+    message = str(failure.step_failure_data.error)
+    assert f"{module}/defs/acme/defs.yaml: {field}" in message
+    assert variable not in message  # a variable this workspace does not read
+    assert WORKSPACES["acme"]["audit_key"] not in message and "not-the-key" not in message
+
+
 # --- dg -------------------------------------------------------------------------------------
 
 def test_dg_check_and_list_defs_on_two_workspaces(stand_ins: dict[str, RecordingStandIn],

@@ -77,13 +77,14 @@ def _read_body(response: requests.Response) -> bytes:
 
 AUDIT_KEY_VARIABLE = "PIGMENT_AUDIT_API_KEY"
 IMPORT_KEY_VARIABLE = "PIGMENT_IMPORT_API_KEY"
+KEY_VARIABLES = {"audit": AUDIT_KEY_VARIABLE, "import": IMPORT_KEY_VARIABLE}
 _KEY_HELP = {
     "audit": (
-        f"Check {AUDIT_KEY_VARIABLE}: it must be an 'Audit logs' API key, which a Security "
+        "it must be an 'Audit logs' API key, which a Security "
         "Admin creates under Workspace settings > API keys (Enterprise plan)."
     ),
     "import": (
-        f"Check {IMPORT_KEY_VARIABLE}: it must be an 'Import or Export' API key, which a "
+        "it must be an 'Import or Export' API key, which a "
         "Workspace Admin creates under Workspace settings > API keys; it acts with its owner's "
         "rights, so the owner needs access to the import configuration's application."
     ),
@@ -208,10 +209,14 @@ class PigmentClient:
         retry: RetryPolicy | None = None,
         pacer: RequestPacer | None = None,
         log: Log | None = None,
+        key_names: dict[str, str] | None = None,
     ) -> None:
+        """``key_names``: where each key comes from, as errors name it ("audit", "import"; the
+        environment variables by default, a workspace's YAML field in a Component)."""
         self.base_url = base_url.rstrip("/")
-        _check_key(audit_key, AUDIT_KEY_VARIABLE)
-        _check_key(import_key, IMPORT_KEY_VARIABLE)
+        self._key_names = {**KEY_VARIABLES, **(key_names or {})}
+        _check_key(audit_key, self._key_names["audit"])
+        _check_key(import_key, self._key_names["import"])
         self._keys = {"audit": audit_key, "import": import_key}
         self.timeout_seconds = timeout_seconds
         self.retry = retry or RetryPolicy()
@@ -310,8 +315,8 @@ class PigmentClient:
         key_kind = "audit" if kind == "audit" else "import"
         key = self._keys[key_kind]
         if not key:
-            variable = AUDIT_KEY_VARIABLE if key_kind == "audit" else IMPORT_KEY_VARIABLE
-            raise ConfigError(f"{variable} is not set; it is needed to call Pigment's "
+            raise ConfigError(f"{self._key_names[key_kind]} is not set; it is needed to call "
+                              "Pigment's "
                               f"{'Audit Logs' if key_kind == 'audit' else 'Import'} API.")
         request_headers = {"Authorization": f"Bearer {key}", "Accept": "application/json",
                            **(headers or {})}
@@ -353,7 +358,8 @@ class PigmentClient:
                 raise _Retryable(f"HTTP {response.status_code} from {method} {path}",
                                  _retry_after_seconds(response.headers.get("Retry-After")))
             if response.status_code >= 400:
-                error = self._api_error(kind, key_kind, response, content, context)
+                error = self._api_error(kind, self._key_names[key_kind], key_kind, response,
+                                        content, context)
                 raise PigmentApiError(self._redact(str(error)), error.status)
             try:
                 parsed = jsonio.loads(content)  # integers beyond 64 bits kept exact
@@ -421,12 +427,13 @@ class PigmentClient:
         return text
 
     @staticmethod
-    def _api_error(kind: str, key_kind: str, response: requests.Response, content: bytes,
-                   context: str) -> PigmentApiError:
+    def _api_error(kind: str, key_name: str, key_kind: str, response: requests.Response,
+                   content: bytes, context: str) -> PigmentApiError:
         status = response.status_code
         detail = content.decode(response.encoding or "utf-8", "replace")[:300].strip()
         if status in (401, 403):
-            message = f"Pigment refused the request ({status}). {_KEY_HELP[key_kind]}"
+            message = (f"Pigment refused the request ({status}). Check {key_name}: "
+                       f"{_KEY_HELP[key_kind]}")
         elif status == 404 and kind == "push":
             message = (f"Pigment found no import {context} (404). Check "
                        "PIGMENT_IMPORT_CONFIGURATION_ID (or --import-config): it is the id of "

@@ -138,6 +138,7 @@ class Storage(ABC):
     """
 
     url: str
+    setting: str = STORAGE_VARIABLE  # what errors tell to fix: the variable, or a YAML field
 
     # --- the layout ---------------------------------------------------------------------
 
@@ -254,16 +255,17 @@ class Storage(ABC):
     def _error(self, action: str, key: str, error: BaseException) -> StorageError:
         detail = getattr(error, "strerror", None) or str(error).splitlines()[0][:300]
         return StorageError(f"Could not {action} {self.uri(key)} ({detail}). Check "
-                            f"{STORAGE_VARIABLE}={self.url!r}: the folder or bucket must exist "
+                            f"{self.setting}={self.url!r}: the folder or bucket must exist "
                             "and be writable with the credentials this process has.")
 
 
 class LocalStorage(Storage):
     """Files in a local folder; writes go through :func:`atomic_write`."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, setting: str = STORAGE_VARIABLE) -> None:
         self.root = Path(root)
         self.url = str(root)
+        self.setting = setting
 
     def path(self, key: str) -> Path:
         """The local path of ``key``."""
@@ -395,7 +397,7 @@ class LocalStorage(Storage):
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
-            raise StorageError(f"{STORAGE_VARIABLE}={self.url!r}: cannot write to {self.root} "
+            raise StorageError(f"{self.setting}={self.url!r}: cannot write to {self.root} "
                                f"({error.strerror}). Point it at a writable folder.") from error
 
     def remove_stale_temporaries(self, older_than_seconds: float = STALE_SCRATCH_SECONDS
@@ -504,14 +506,15 @@ class ObjectStorage(Storage):
     private network, a test server) is allowed when ``AWS_ENDPOINT_URL`` names one.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, setting: str = STORAGE_VARIABLE) -> None:
         from obstore.store import from_url
 
         self.url = url
+        self.setting = setting
         parsed = urlparse(url)
         self.scheme, self.bucket = parsed.scheme, parsed.netloc
         if not self.bucket:
-            raise ConfigError(f"{STORAGE_VARIABLE}={url!r} names no bucket: write it as "
+            raise ConfigError(f"{setting}={url!r} names no bucket: write it as "
                               f"{parsed.scheme}://bucket/prefix.")
         self.prefix = parsed.path.strip("/")
         options: dict[str, Any] = {}
@@ -522,7 +525,7 @@ class ObjectStorage(Storage):
         try:
             self.store = from_url(bucket_url, client_options=options or None)
         except Exception as error:  # obstore's configuration errors name the missing setting
-            raise ConfigError(f"{STORAGE_VARIABLE}={url!r}: {str(error).splitlines()[0]}"
+            raise ConfigError(f"{setting}={url!r}: {str(error).splitlines()[0]}"
                               ) from error
 
     def _path(self, key: str) -> str:
@@ -692,27 +695,28 @@ class ObjectStorage(Storage):
                        "AWS_SECRET_ACCESS_KEY (or the role or the cloud's own variables)"
             elif "NoSuchBucket" in text or "bucket does not exist" in text.lower():
                 hint = f"the bucket {self.bucket!r} does not exist: create it or fix " \
-                       f"{STORAGE_VARIABLE}"
+                       f"{self.setting}"
             elif any(word in text for word in ("AccessDenied", "Forbidden", "403")):
                 hint = f"access to the bucket {self.bucket!r} is denied: give these " \
                        "credentials write access to it"
             else:
                 hint = f"the store did not answer as expected: {text.splitlines()[0][:300]}"
-            raise StorageError(f"{STORAGE_VARIABLE}={self.url!r}: {hint}.") from error
+            raise StorageError(f"{self.setting}={self.url!r}: {hint}.") from error
 
 
-def storage_from_url(url: str) -> Storage:
+def storage_from_url(url: str, setting: str = STORAGE_VARIABLE) -> Storage:
     """The storage ``PIGMENT_AUDIT_STORAGE_URL`` names: a folder, ``file://``, or an object
-    store URL (``s3://bucket/prefix``, ``gs://``, ``az://``)."""
+    store URL (``s3://bucket/prefix``, ``gs://``, ``az://``). Errors name ``setting``, where
+    the URL came from."""
     if not url or not url.strip():
-        raise ConfigError(f"{STORAGE_VARIABLE} is empty: set it to a local folder path or an "
+        raise ConfigError(f"{setting} is empty: set it to a local folder path or an "
                           "object store URL such as s3://bucket/prefix.")
     parsed = urlparse(url)
     if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
         path = Path(parsed.path if parsed.scheme == "file" else url).expanduser()
-        return LocalStorage(path.resolve())
+        return LocalStorage(path.resolve(), setting=setting)
     if parsed.scheme in OBJECT_SCHEMES:
-        return ObjectStorage(url)
-    raise ConfigError(f"{STORAGE_VARIABLE}={url!r}: {parsed.scheme}:// is not supported; use a "
+        return ObjectStorage(url, setting=setting)
+    raise ConfigError(f"{setting}={url!r}: {parsed.scheme}:// is not supported; use a "
                       f"local folder, file://, or one of "
                       f"{', '.join(sorted(f'{scheme}://' for scheme in OBJECT_SCHEMES))}.")

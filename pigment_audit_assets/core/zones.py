@@ -52,8 +52,9 @@ def read_manifest(storage: Storage) -> dict[str, Any] | None:
     return manifest
 
 
-def check_zone(storage: Storage, zone: ZoneInfo) -> None:
-    """Fail when the storage's days are in another zone; record the zone on first use."""
+def check_zone(storage: Storage, zone: ZoneInfo, setting: str = ZONE_VARIABLE) -> None:
+    """Fail when the storage's days are in another zone; record the zone on first use.
+    ``setting`` is where the zone came from, as the error names it."""
     manifest = read_manifest(storage)
     if manifest is None:
         storage.write_bytes(MANIFEST_KEY, orjson.dumps(
@@ -61,8 +62,8 @@ def check_zone(storage: Storage, zone: ZoneInfo) -> None:
         return
     if manifest["timezone"] != zone.key:
         raise ConfigError(
-            f"{ZONE_VARIABLE}={zone.key} but the days stored at {storage.url} are days of "
-            f"{manifest['timezone']} ({storage.uri(MANIFEST_KEY)}). Set {ZONE_VARIABLE} back "
+            f"{setting}={zone.key} but the days stored at {storage.url} are days of "
+            f"{manifest['timezone']} ({storage.uri(MANIFEST_KEY)}). Set {setting} back "
             f"to {manifest['timezone']}, or move the stored days to the new zone first: "
             f"pigment-audit-rezone --storage {storage.url} --timezone {zone.key} "
             "(README, \"Changing the timezone\"). Nothing was fetched or written.")

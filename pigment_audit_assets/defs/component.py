@@ -83,6 +83,13 @@ class WorkspacePigmentResource(PigmentResource):
     audit_key_env: str = Field(default="", description="Variable holding the audit key.")
     import_key_env: str = Field(default="", description="Variable holding the import key.")
 
+    def setting_names(self) -> dict[str, str]:
+        """Errors name the workspace's YAML file and field (and the variable of a key)."""
+        return {"audit": f"{self.source}: audit_key_env ({self.audit_key_env})",
+                "import": f"{self.source}: import_key_env ({self.import_key_env})",
+                "timezone": f"{self.source}: timezone",
+                "storage_url": f"{self.source}: storage_url"}
+
     def configuration_id(self) -> str:
         """The import configuration id, or a ConfigError naming the field and the file."""
         if not self.import_configuration_id:

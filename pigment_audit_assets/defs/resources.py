@@ -32,6 +32,7 @@ from ..core.storage import (
 )
 from ..core.table import CsvSummary, write_day_csv
 from ..core.watermark import advance_watermark
+from ..core.zones import ZONE_VARIABLE as TIMEZONE_VARIABLE
 from ..core.zones import check_zone
 
 CONFIGURATION_VARIABLE = "PIGMENT_IMPORT_CONFIGURATION_ID"
@@ -82,11 +83,17 @@ class PigmentResource(dg.ConfigurableResource):
 
     def zone(self) -> ZoneInfo:
         """The partitions' zone."""
-        return parse_zone(self.timezone)
+        return parse_zone(self.timezone, self.setting_names()["timezone"])
 
     def storage(self) -> Storage:
         """The storage the files live in."""
-        return storage_from_url(self.storage_url)
+        return storage_from_url(self.storage_url, self.setting_names()["storage_url"])
+
+    def setting_names(self) -> dict[str, str]:
+        """What errors tell the user to fix, per setting: here the environment variables
+        (a Component's workspace names its YAML file and fields instead)."""
+        return {"audit": AUDIT_KEY_VARIABLE, "import": IMPORT_KEY_VARIABLE,
+                "timezone": TIMEZONE_VARIABLE, "storage_url": STORAGE_VARIABLE}
 
     def chunk_bytes(self) -> int:
         """The chunk size in bytes."""
@@ -144,6 +151,7 @@ class PigmentResource(dg.ConfigurableResource):
                               min_backoff_seconds=self.retry_min_backoff_seconds,
                               max_backoff_seconds=self.retry_max_backoff_seconds),
             pacer=shared_pacer(self.requests_per_window, self.window_seconds), log=log,
+            key_names=self.setting_names(),
         )
 
     # --- the three steps --------------------------------------------------------------------
@@ -159,7 +167,8 @@ class PigmentResource(dg.ConfigurableResource):
         """
         storage, zone = self.storage(), self.zone()
         storage.check_access()  # a missing bucket or key fails here, before any request
-        check_zone(storage, zone)  # days of another zone are never mixed into these files
+        # Days of another zone are never mixed into these files.
+        check_zone(storage, zone, self.setting_names()["timezone"])
         now = datetime.now(timezone.utc)
         plan = plan_incremental_scan(storage, days, zone, now, incremental_from,
                                      timedelta(minutes=self.watermark_overlap_minutes), log,
@@ -187,7 +196,8 @@ class PigmentResource(dg.ConfigurableResource):
                                  wait_seconds=self.lease_wait_seconds)
         except FileNotFoundError:
             raise ConfigError(f"{storage.uri(storage.raw_key(day))} does not exist: materialize "
-                              f"the raw events of {day} first (or check {STORAGE_VARIABLE})."
+                              f"the raw events of {day} first (or check "
+                              f"{self.setting_names()['storage_url']})."
                               ) from None
 
     def push_day(self, day: date, log: Log, *, force: bool = False,
@@ -198,7 +208,8 @@ class PigmentResource(dg.ConfigurableResource):
                                                   self.chunk_bytes())
         if not storage.exists(storage.csv_key(day)):
             raise ConfigError(f"{storage.uri(storage.csv_key(day))} does not exist: materialize "
-                              f"the CSV of {day} first (or check {STORAGE_VARIABLE}).")
+                              f"the CSV of {day} first (or check "
+                              f"{self.setting_names()['storage_url']}).")
         mark = read_mark(storage, day)  # before the CSV is read: what the push will cover
         client = self.client(log, push=True)
         try:
