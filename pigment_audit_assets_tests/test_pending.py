@@ -14,11 +14,13 @@ import os
 from collections import Counter
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import orjson
 import pytest
 
+from pigment_audit_assets.core import collect
 from pigment_audit_assets.core.lease import hold_lease
 from pigment_audit_assets.core.pending import (
     clear_if_pushed,
@@ -29,6 +31,8 @@ from pigment_audit_assets.core.pending import (
     read_mark,
 )
 from pigment_audit_assets.core.storage import LocalStorage
+from pigment_audit_assets.core.table import write_day_csv
+from pigment_audit_assets.defs import resources as resources_module
 from pigment_audit_assets.defs.resources import PigmentResource
 from pigment_audit_assets_tests.conftest import ASSETS, DAY, TODAY, resource_settings
 from pigment_audit_assets_tests.schedule_support import (
@@ -106,7 +110,7 @@ def test_late_events_of_a_failed_daily_run_are_pushed_by_the_next(
         assert set(partition_metadata(result, "audit_events_import")) == {
             days[0].isoformat(), days[2].isoformat(), days[3].isoformat()}
         messages = [record.user_message for record in instance.all_logs(result.run_id)]
-        assert any("an earlier daily run changed" in message and days[0].isoformat() in message
+        assert any("an earlier run changed" in message and days[0].isoformat() in message
                    for message in messages)
 
     # The last tick's day had no events: nothing written, nothing marked.
@@ -220,3 +224,158 @@ def test_an_import_that_cannot_take_the_raw_lease_to_clear_its_mark_still_succee
     assert pending_days(storage) == [DAY]  # the next daily run redoes it: nothing is lost
     assert "the import completed, but the day stays pending" in caplog.text
     assert "a scan elsewhere" in caplog.text
+
+
+def late_world(stand_in: PigmentStandIn, count: int = 10) -> tuple[list[date], list[dict]]:
+    """Four days of events, and late ones of the first day ingested three hours before the
+    fourth day's tick."""
+    days = [FIRST_DAY + timedelta(days=offset) for offset in range(4)]
+    for day in days:
+        stand_in.add_events(synthetic_events(day, count, seed=day.toordinal()))
+    late = synthetic_events(days[0], 3, seed=7, id_prefix="late-")
+    for event in late:
+        event["ingestionTimestamp"] = (tick_at(days[3]) - timedelta(hours=3)).strftime(
+            "%Y-%m-%dT%H:%M:%S.000Z")
+    stand_in.add_events(late)
+    return days, late
+
+
+def tick(defs: dg.Definitions, stand_in: PigmentStandIn, instance: dg.DagsterInstance,
+         day: date) -> dg.ExecuteInProcessResult:
+    """The schedule's run of the tick on ``day``, executed in process."""
+    stand_in.set_now(tick_at(day))
+    return run_job(defs, dict(one_request(defs, tick_at(day)).tags), instance,
+                   raise_on_error=False)
+
+
+def test_the_mark_is_read_before_the_push(stand_in: PigmentStandIn, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run marks the day, adds an event and rewrites the CSV while this push runs
+    (after it read the CSV): the mark stays, for the import that will push that event. Read
+    after the push, the new mark would have been cleared."""
+    stand_in.add_events(synthetic_events(DAY, 10, seed=3))
+    pigment = PigmentResource(**resource_settings(stand_in, tmp_path))
+    raw_and_csv = [asset for asset in ASSETS if asset.key.path[-1] != "audit_events_import"]
+    assert dg.materialize(raw_and_csv, resources={"pigment": pigment},
+                          partition_key=DAY.isoformat()).success
+    storage = LocalStorage(tmp_path)
+    assert read_mark(storage, DAY) is not None and read_mark(storage, DAY).csv_current
+    original = resources_module.push_day
+    extra = synthetic_events(DAY, 1, seed=99, id_prefix="during-")[0]
+
+    def push_then_another_scan(*args: Any, **kwargs: Any) -> Any:
+        outcome = original(*args, **kwargs)
+        with hold_lease(storage, storage.raw_lease_key(DAY), "another scan", log=LOG):
+            mark_pending(storage, DAY)
+            raw = storage.read_bytes(storage.raw_key(DAY)) or b""
+            storage.write_bytes(storage.raw_key(DAY), raw + orjson.dumps(extra) + b"\n")
+        write_day_csv(storage, DAY, owner="another CSV step", log=LOG)
+        return outcome
+
+    monkeypatch.setattr(resources_module, "push_day", push_then_another_scan)
+    pigment.push_day(DAY, LOG, owner="test")
+    assert extra["id"] not in completed_ids(stand_in)
+    assert pending_days(storage) == [DAY]
+
+
+def test_a_scan_killed_at_its_mark_loses_nothing(
+        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark comes before the raw write: a scan that dies there wrote nothing and moved
+    no watermark, so the next one reads the late events again. (Written after, the raw file
+    would hold them unmarked, and the next scan, finding nothing new, leave the day alone.)"""
+    days, late = late_world(stand_in)
+    defs = definitions(FIRST_DAY, resource=PigmentResource(**resource_settings(stand_in,
+                                                                                tmp_path)))
+    original = collect.mark_pending
+
+    def dies_at_the_first_day(storage: Any, day: date) -> None:
+        if day == days[0]:  # the step ends there, as a kill would end it: nothing after runs
+            raise RuntimeError("killed")
+        original(storage, day)
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        for day in days[1:3]:
+            assert tick(defs, stand_in, instance, day).success
+        monkeypatch.setattr(collect, "mark_pending", dies_at_the_first_day)
+        assert not tick(defs, stand_in, instance, days[3]).success
+        monkeypatch.setattr(collect, "mark_pending", original)
+        assert tick(defs, stand_in, instance, days[3] + timedelta(days=1)).success
+    pushed = completed_ids(stand_in)
+    assert {event["id"]: pushed[event["id"]] for event in late} == {
+        event["id"]: 1 for event in late}
+
+
+def test_the_import_takes_no_pending_day_whose_csv_this_run_did_not_write(
+        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day another run marks between this run's CSV and import steps waits for the next
+    daily run, whose CSV step writes it first."""
+    days = [FIRST_DAY + timedelta(days=offset) for offset in range(3)]
+    for day in days[1:]:
+        stand_in.add_events(synthetic_events(day, 10, seed=day.toordinal()))
+    storage = LocalStorage(tmp_path)
+    defs = definitions(FIRST_DAY, resource=PigmentResource(**resource_settings(stand_in,
+                                                                                tmp_path)))
+    calls = []
+    original = PigmentResource.pending_days
+
+    def listing(self: PigmentResource, **options: Any) -> list[date]:
+        calls.append(options)
+        if len(calls) == 2:  # between the CSV step and the import step
+            with hold_lease(storage, storage.raw_lease_key(days[0]), "another scan", log=LOG):
+                mark_pending(storage, days[0])
+                storage.write_bytes(storage.raw_key(days[0]), b"")
+        return original(self, **options)
+
+    monkeypatch.setattr(PigmentResource, "pending_days", listing)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = tick(defs, stand_in, instance, days[2])
+    assert result.success
+    assert set(partition_metadata(result, "audit_events_import")) == {days[1].isoformat()}
+    assert days[0] in pending_days(storage)
+
+
+def test_a_pending_day_that_cannot_be_written_does_not_block_the_daily_import(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    days = [FIRST_DAY + timedelta(days=offset) for offset in range(4)]
+    for day in days[1:]:
+        stand_in.add_events(synthetic_events(day, 10, seed=day.toordinal()))
+    storage = LocalStorage(tmp_path)
+    mark_pending(storage, days[0])  # a scan killed between its mark and the day's first write
+    defs = definitions(FIRST_DAY, resource=PigmentResource(**resource_settings(stand_in,
+                                                                                tmp_path)))
+    with dg.DagsterInstance.ephemeral() as instance:
+        for day in days[2:]:
+            result = tick(defs, stand_in, instance, day)
+            assert result.success
+            assert set(partition_metadata(result, "audit_events_import")) == {
+                (day - timedelta(days=1)).isoformat()}
+            messages = [record.user_message for record in instance.all_logs(result.run_id)]
+            assert any(f"{days[0]}: still pending, its CSV could not be written" in message
+                       for message in messages)
+    assert days[0] in pending_days(storage)
+    pushed = completed_ids(stand_in)
+    for day in days[1:3]:
+        truth = truth_ids(stand_in, day)
+        assert {event_id: pushed[event_id] for event_id in truth} == dict.fromkeys(truth, 1)
+
+
+def test_late_events_a_run_by_hand_took_in_are_pushed_by_the_next_daily_run(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """A run of the raw events alone, by hand, files late events into their day; the daily
+    scan then finds nothing new there, but the day's mark brings it up."""
+    days, late = late_world(stand_in)
+    storage = LocalStorage(tmp_path)
+    pigment = PigmentResource(**resource_settings(stand_in, tmp_path))
+    defs = definitions(FIRST_DAY, resource=pigment)
+    with dg.DagsterInstance.ephemeral() as instance:
+        for day in days[1:3]:
+            assert tick(defs, stand_in, instance, day).success
+        stand_in.set_now(tick_at(days[3]) - timedelta(hours=1))
+        raw_only = [asset for asset in ASSETS if asset.key.path[-1] == "raw_audit_events"]
+        assert dg.materialize(raw_only, resources={"pigment": pigment}, instance=instance,
+                              partition_key=days[0].isoformat()).success
+        assert days[0] in pending_days(storage)
+        assert tick(defs, stand_in, instance, days[3]).success
+    pushed = completed_ids(stand_in)
+    assert {event["id"]: pushed[event["id"]] for event in late} == {
+        event["id"]: 1 for event in late}

@@ -681,8 +681,7 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
             result.days[day] = _write_day(
                 spool, storage, day, zone, log, table,
                 partial_scan=incremental and since > day_start(day, zone),
-                only_if_added=day not in wanted_set, mark=incremental,
-                lease_wait_seconds=lease_wait_seconds)
+                only_if_added=day not in wanted_set, lease_wait_seconds=lease_wait_seconds)
         for day, counts in filed.items():
             result.days[day].set_aside = dict(sorted(counts.items()))
     finally:
@@ -766,28 +765,25 @@ class _DigestingWriter:
 
 def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
                table: CsvTable | None, *, partial_scan: bool = False,
-               only_if_added: bool = False, mark: bool = False,
-               lease_wait_seconds: float = 3600.0) -> DayFile:
+               only_if_added: bool = False, lease_wait_seconds: float = 3600.0) -> DayFile:
     """Merge the day's stored file into the spool and write the day's file and rejects.
 
     ``partial_scan``: the scan started after the day began (from the watermark), so stored
     events it did not see are expected. ``only_if_added``: leave the file alone when the scan
-    brought it nothing new (an older day seen only through the watermark's overlap).
-    ``mark``: mark the day pending before its file is written (the daily scan, :mod:`.pending`).
+    brought it nothing new (an older day seen only through the watermark's overlap). The day
+    is marked pending before its file is written (:mod:`.pending`), until an import of it.
     """
     # Read, merge and rewrite under the day's lease: two scans writing one day at once (a
     # backfill beside the daily run, no pool limit) would each drop what only the other saw.
     with hold_lease(storage, storage.raw_lease_key(day), f"a scan in process {os.getpid()}",
                     log=log, wait_seconds=lease_wait_seconds) as lease:
         return _merge_and_write(spool, storage, day, zone, log, table, partial_scan=partial_scan,
-                                only_if_added=only_if_added, mark=mark,
-                                still_held=lease.check)
+                                only_if_added=only_if_added, still_held=lease.check)
 
 
 def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
                      table: CsvTable | None, *, partial_scan: bool,
-                     only_if_added: bool, mark: bool,
-                     still_held: Callable[[], None]) -> DayFile:
+                     only_if_added: bool, still_held: Callable[[], None]) -> DayFile:
     key = day.isoformat()
     file_key = storage.raw_key(day)
     day_file = DayFile(day=day, path=storage.uri(file_key))
@@ -799,8 +795,9 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
         if spool.day_rejects(key):  # the file stays as it was; its new rejects are still kept
             _write_rejects(spool, storage, day, key, day_file, log)
         return day_file
-    if mark:  # before the write: a scan killed between the two leaves a harmless extra mark
-        mark_pending(storage, day)
+    # Before the write: a scan killed between the two leaves a harmless extra mark.
+    still_held()
+    mark_pending(storage, day)
     with storage.writer(file_key) as handle:
         written = _DigestingWriter(handle)
         spool.write_day(key, written, table)  # type: ignore[arg-type]

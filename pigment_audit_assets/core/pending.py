@@ -1,12 +1,14 @@
-"""Days a daily scan changed, until an import of them has completed: ``pending/<day>.json``.
+"""Days a scan changed, until an import of them has completed: ``pending/<day>.json``.
 
 The daily scan files each late event into its own, older day, and then moves the watermark
 past it; the CSV and import steps of the same run redo that day. If one of them fails, no later
 scan sees the event again (it is behind the watermark, and already in the raw file), so without
-a record the day would never be pushed. The scan therefore marks each day before it rewrites
-its raw file, under the day's raw lease; the CSV and import steps of every daily run include the
-marked days; and the mark goes once an import of the day has completed from a CSV of the raw
-file the mark was made for.
+a record the day would never be pushed. Every scan therefore marks each day before it rewrites
+its raw file, under the day's raw lease (a backfill's and a run by hand's too: their events
+reach Pigment through the next daily run when their own import fails or is not in the run);
+the CSV and import steps of every daily run include the marked days (the import only those
+whose CSV was written under the mark); and the mark goes once an import of the day has
+completed from a CSV of the raw file the mark was made for.
 
 A mark holds a ``token``, new each time the day is marked, and ``csv_of``: the token that was
 current when the day's CSV was last written (the CSV step notes it under the same raw lease).
@@ -98,9 +100,10 @@ def clear_if_pushed(storage: Storage, seen: PendingMark, *, owner: str, log: Log
     if not seen.csv_current:
         return False
     with hold_lease(storage, storage.raw_lease_key(seen.day), owner, log=log,
-                    wait_seconds=wait_seconds):
+                    wait_seconds=wait_seconds) as lease:
         if read_mark(storage, seen.day) != seen:
             return False  # marked again meanwhile: its new events need another import
+        lease.check()
         storage.delete(pending_key(seen.day))
         return True
 

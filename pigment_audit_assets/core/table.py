@@ -352,6 +352,7 @@ def write_day_csv(storage: Storage, day: date, *, owner: str, log: Log,
         # A lease lost meanwhile (taken over after it expired): the CSV is not committed.
         summary = write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day),
                                    before_commit=lease.check)
+        lease.check()  # a lease lost meanwhile: another writer's mark is not overwritten
         note_csv_written(storage, day)
         return summary
 

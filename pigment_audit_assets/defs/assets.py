@@ -54,23 +54,26 @@ def _run_includes(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> 
 
 
 def _days_to_redo(context: dg.AssetExecutionContext, pigment: PigmentResource,
-                  upstream: dg.AssetKey) -> list[date]:
-    """The days a CSV or import step covers: the run's own, the older days its scan gave late
-    events (materialized upstream in this run) and, in a daily run, the days an earlier daily
-    run changed and whose import has not completed since (``pending/``: that run failed)."""
+                  upstream: dg.AssetKey, *, csv_current: bool = False
+                  ) -> tuple[list[date], set[date]]:
+    """The days a CSV or import step covers, and which of them are only pending: the run's
+    own, the older days its scan gave late events (materialized upstream in this run) and, in
+    a daily run, the days an earlier run changed and whose import has not completed since
+    (``pending/``: that run failed); for the import (``csv_current``) only those whose CSV
+    was written since, so that it pushes no CSV this run has not brought up to date."""
     own = partition_days(context)
     days = set(own) | set(days_materialized_in_run(context, upstream))
+    left: list[date] = []
     if context.run.tags.get(SCAN_TAG) == INCREMENTAL:
         # Days after the run's own are not complete yet: their own run covers them. Days
         # before the first partition (its start moved later) are no partition to report.
         first = first_partition(context)
-        left = [day for day in pigment.pending_days()
+        left = [day for day in pigment.pending_days(csv_current=csv_current)
                 if first <= day <= own[-1] and day not in days]
         if left:
-            context.log.info(f"Also {len(left)} day(s) an earlier daily run changed and whose "
+            context.log.info(f"Also {len(left)} day(s) an earlier run changed and whose "
                              f"import has not completed since: {', '.join(map(str, left))}.")
-        days.update(left)
-    return sorted(days)
+    return sorted(days | set(left)), set(left)
 
 
 def _report(context: dg.AssetExecutionContext, day: date, own: list[date],
@@ -158,23 +161,33 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         # The import's settings too, when this run goes on to it: before any CSV is written.
         pigment.check_settings(push=_run_includes(context, import_key))
         own = partition_days(context)
-        days = _days_to_redo(context, pigment, raw_audit_events.key)
+        days, only_pending = _days_to_redo(context, pigment, raw_audit_events.key)
         rows = 0
         storage = pigment.storage()
         summaries = {}
         for day in days:
-            summary = summaries[day] = pigment.write_day_csv(
-                day, context.log, owner=f"Dagster run {context.run.run_id}")
+            try:
+                summary = pigment.write_day_csv(day, context.log,
+                                                owner=f"Dagster run {context.run.run_id}")
+            except PigmentAuditError as error:
+                if day not in only_pending:
+                    raise
+                # Another run's leftover must not block this run's own days: it stays pending.
+                context.log.warning(f"{day}: still pending, its CSV could not be written: "
+                                    f"{error}")
+                continue
+            summaries[day] = summary
             rows += summary.rows
             if summary.collisions:
                 context.log.warning(f"{day}: {summary.collisions} value(s) overwritten by keys "
                                     f"that flatten to one column: {dict(summary.collided_columns)}")
             preview = storage.open_read(storage.csv_key(day))
             _report(context, day, own, csv_day_metadata(summary, preview))
-        context.log.info(f"This run wrote {rows:,} CSV row(s) over {len(days)} day(s).")
+        context.log.info(f"This run wrote {rows:,} CSV row(s) over {len(summaries)} day(s).")
         yield dg.MaterializeResult()
         yield from checks.day_evaluations(context, checks.CSV_ROWS, {
-            day: checks.check_csv_written(storage, day, summaries[day]) for day in days})
+            day: checks.check_csv_written(storage, day, summary)
+            for day, summary in summaries.items()})
 
     @dg.asset(
         **common, deps=[audit_events_csv], pool=POOL, kinds={"pigment"},
@@ -188,7 +201,8 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         force = config.force_full_repush or context.run.tags.get(FORCE_REPUSH_TAG) == "true"
         outcomes, failures = [], []
         own = partition_days(context)
-        for day in _days_to_redo(context, pigment, audit_events_csv.key):
+        days, _ = _days_to_redo(context, pigment, audit_events_csv.key, csv_current=True)
+        for day in days:
             try:
                 outcome = pigment.push_day(day, context.log, force=force,
                                            owner=f"Dagster run {context.run.run_id}")

@@ -228,6 +228,12 @@ class PigmentResource(dg.ConfigurableResource):
                 log.warning(f"{day}: the import completed, but the day stays pending: {error}")
         return outcome
 
-    def pending_days(self) -> list[date]:
-        """Days the daily scan changed whose import has not completed since."""
-        return pending_days(self.storage())
+    def pending_days(self, *, csv_current: bool = False) -> list[date]:
+        """Days a scan changed whose import has not completed since; with ``csv_current``,
+        only those whose CSV was written since (an import can push them now)."""
+        storage = self.storage()
+        days = pending_days(storage)
+        if not csv_current:
+            return days
+        marks = (read_mark(storage, day) for day in days)
+        return [mark.day for mark in marks if mark is not None and mark.csv_current]
