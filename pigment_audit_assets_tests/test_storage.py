@@ -7,6 +7,7 @@ the middle of a write leaving the previous object; then the errors a user can ca
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pigment_audit_assets.core.errors import ConfigError, StorageError
+from pigment_audit_assets.core.imports import push_day
 from pigment_audit_assets.core.storage import (
     UPLOAD_PART_BYTES,
     LocalStorage,
@@ -25,7 +27,13 @@ from pigment_audit_assets.core.storage import (
     Storage,
     storage_from_url,
 )
-from pigment_audit_assets_tests.conftest import S3_ENVIRONMENT, s3_client
+from pigment_audit_assets_tests.conftest import (
+    CONFIGURATION_ID,
+    S3_ENVIRONMENT,
+    make_client,
+    s3_client,
+)
+from pigment_audit_assets_tests.stand_in import PigmentStandIn
 
 DAY = date(2026, 11, 20)
 
@@ -247,3 +255,22 @@ def test_an_object_staged_on_a_full_scratch_disk_names_the_scratch_setting(
         handle.write(b"x" * (1 << 20))
     assert "PIGMENT_AUDIT_STORAGE_URL" not in str(raised.value)
     assert not storage.exists("csv/day.csv")
+
+
+def test_a_push_on_a_full_scratch_disk_names_the_scratch_setting(
+        s3_url: str, tmp_path: Path, full_scratch: Path, stand_in: PigmentStandIn,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CSV on S3 is pushed from chunk files in scratch: a full scratch disk there names
+    PIGMENT_AUDIT_SCRATCH_DIR, not the bucket, and nothing is pushed or recorded."""
+    storage = storage_from_url(s3_url)
+    rows = b"".join(b"e%05d,Login,%s\r\n" % (number, b"x" * 40) for number in range(2000))
+    monkeypatch.setenv("PIGMENT_AUDIT_SCRATCH_DIR", str(tmp_path / "roomy"))  # to upload it
+    storage.write_bytes(storage.csv_key(DAY), b"id,eventType,note\r\n" + rows)
+    monkeypatch.setenv("PIGMENT_AUDIT_SCRATCH_DIR", str(full_scratch))
+    with pytest.raises(StorageError, match=r"scratch.*No space left.*PIGMENT_AUDIT_SCRATCH_DIR"
+                       ) as raised:
+        push_day(make_client(stand_in), storage, DAY, CONFIGURATION_ID, 50_000,
+                 log=logging.getLogger(__name__), poll_seconds=0.01)
+    assert "PIGMENT_AUDIT_STORAGE_URL" not in str(raised.value)
+    assert stand_in.request_counts["push"] == 0
+    assert not storage.exists(storage.import_record_key(DAY))

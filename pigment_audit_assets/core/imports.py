@@ -48,7 +48,7 @@ from .record_io import (
     read_json_stream,
     write_json,
 )
-from .storage import UNSAVED_FOLDER, Storage, scratch_dir, scratch_root
+from .storage import UNSAVED_FOLDER, Storage, naming_scratch, scratch_dir, scratch_root
 
 REPORT_COUNTS = ("insertedCount", "updatedCount", "deletedCount", "skippedCount")
 ANSWER_LOST = "AnswerLost"  # Pigment answered 200 to the push, the import id was cut off
@@ -220,7 +220,8 @@ def push_day(
     owner = owner or f"process {os.getpid()}"
     with hold_lease(storage, storage.lease_key(day), owner, log=log,
                     ttl_seconds=lease_ttl_seconds, wait_seconds=lease_wait_seconds) as lease, \
-            scratch_dir(f"push-{day.isoformat()}") as work:
+            scratch_dir(f"push-{day.isoformat()}") as work, \
+            naming_scratch(work, f"write the chunks of {day}"):
         # Read only now: a run that held the lease before us may have pushed the day.
         record = read_record(storage, day, work)
         outcome = ImportOutcome(day=day,

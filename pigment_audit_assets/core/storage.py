@@ -17,6 +17,7 @@ always stays on local disk, in a per-step folder under :func:`scratch_root`, rem
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -62,6 +63,21 @@ def _scratch_error(action: str, folder: Path, error: OSError) -> StorageError:
     return StorageError(f"Could not {action} in the scratch folder {folder} "
                         f"({error.strerror or error}): free space there, or set "
                         f"{SCRATCH_VARIABLE} to a local folder with more room.")
+
+
+@contextlib.contextmanager
+def naming_scratch(folder: Path, action: str) -> Iterator[None]:
+    """A full disk or quota (ENOSPC, EDQUOT) in the block, where only scratch is written
+    locally, becomes a :class:`StorageError` naming ``folder`` and ``PIGMENT_AUDIT_SCRATCH_DIR``
+    rather than a bare ``OSError``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _scratch_error(action, folder, error) from error
 
 
 @contextlib.contextmanager
