@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 from datetime import date, datetime, timedelta, timezone
@@ -12,6 +13,7 @@ import orjson
 import pytest
 
 from pigment_audit_assets.core import collect, jsonio
+from pigment_audit_assets.core import table as table_module
 from pigment_audit_assets.core.collect import fetch_days
 from pigment_audit_assets.core.days import parse_zone
 from pigment_audit_assets.core.errors import LookbackError, PigmentApiError
@@ -375,3 +377,71 @@ def test_a_far_future_ingestion_time_does_not_move_the_watermark(
     ids = [orjson.loads(line)["id"] for line in (tmp_path / "raw" / f"{DAY}.jsonl").read_bytes()
            .splitlines()]
     assert "bogus-ingestion" in ids and len(ids) == 51  # its event kept all the same
+
+
+@pytest.mark.parametrize("seconds_per_look", [0.0, 31.0])
+def test_progress_is_logged_by_time_not_by_pages(
+        seconds_per_look: float, stand_in: PigmentStandIn, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A progress line at most every PROGRESS_EVERY_SECONDS: none for a quick scan however
+    many pages (each is an event in a Dagster run's log), one a page when pages are slow."""
+    fill(stand_in, [DAY], 1000)  # 10 pages of 100, and the day after's stragglers
+    looks = iter(range(10_000))
+    monkeypatch.setattr(collect, "monotonic", lambda: next(looks) * seconds_per_look)
+    with caplog.at_level(logging.INFO):
+        scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), LocalStorage(tmp_path),
+                          now=STAND_IN_NOW, log=log)
+    progress = [record.getMessage() for record in caplog.records
+                if record.getMessage().endswith("events so far.")]
+    assert scan.pages >= 10
+    if seconds_per_look:
+        assert len(progress) == scan.pages
+        assert progress[0] == "Fetched 1 pages, 100 events so far."
+    else:
+        assert progress == []
+
+
+def test_the_collector_leaves_objects_of_before_the_scan_alone(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """The scan freezes what existed before it (a Dagster process's heap: full collections
+    walked it again and again) and unfreezes it after; a process that froze its own objects
+    already (the command line) keeps them frozen."""
+    fill(stand_in, [DAY], 300)
+    frozen_during: list[int] = []
+
+    def scan() -> None:
+        fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), LocalStorage(tmp_path),
+                   now=STAND_IN_NOW, log=log,
+                   on_page=lambda _: frozen_during.append(gc.get_freeze_count()))
+
+    assert gc.get_freeze_count() == 0
+    scan()
+    assert frozen_during and min(frozen_during) > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen_during.clear()
+        scan()
+        assert min(frozen_during) > 0 and gc.get_freeze_count() > 0  # not unfrozen by the scan
+    finally:
+        gc.unfreeze()
+
+
+def test_the_csv_step_leaves_objects_of_before_it_alone(
+        stand_in: PigmentStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the scan: the CSV of a day is written with the objects of before it frozen."""
+    fill(stand_in, [DAY], 300)
+    storage = LocalStorage(tmp_path)
+    fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage, now=STAND_IN_NOW,
+               log=log)
+    frozen_during: list[int] = []
+    write = table_module.write_stored_csv
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        frozen_during.append(gc.get_freeze_count())
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(table_module, "write_stored_csv", recording)
+    summary = table_module.write_day_csv(storage, DAY, owner="a test", log=log)
+    assert summary.rows == 300
+    assert frozen_during[0] > 0 and gc.get_freeze_count() == 0

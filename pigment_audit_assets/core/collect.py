@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
+from time import monotonic
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
@@ -37,6 +38,7 @@ import orjson
 
 from . import jsonio
 from .client import Log, PigmentClient
+from .collector import collector_set_aside
 from .days import (
     AUDIT_LOOKBACK,
     EPOCH,
@@ -53,7 +55,10 @@ from .storage import Storage, scratch_dir
 from .table import UNSHAPED, CsvTable
 from .watermark import WATERMARK_KEY, WatermarkState, read_watermark
 
-PROGRESS_EVERY_PAGES = 10
+# A progress line at most this often: in a Dagster run each is an event written to the
+# instance's event log, so a line every few pages cost more than it told (a 100-page day
+# logged ten); a scan paced by Pigment's limit still shows one every half minute.
+PROGRESS_EVERY_SECONDS = 30.0
 NAIVE_EPOCH = datetime(1970, 1, 1)
 _from_iso = datetime.fromisoformat
 ONE_DAY = timedelta(days=1)
@@ -501,7 +506,7 @@ def fetch_days(
     if since is None:
         check_lookback(wanted[0], zone, now)  # before any request: old files stay untouched
         since = day_start(wanted[0], zone)
-    with scratch_dir("scan") as work:
+    with scratch_dir("scan") as work, collector_set_aside():
         return _scan(client, wanted, zone, storage, work, since, unreachable, log=log,
                      on_page=on_page, table=table, ceiling=now + INGESTION_AHEAD,
                      lease_wait_seconds=lease_wait_seconds, raw_files=raw_files)
@@ -602,6 +607,7 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
     spool = _Spool(work, MEMORY_BUDGET)
     result = ScanResult(days={}, since=since)
     requests_before = client.request_counts["audit"]
+    next_progress = monotonic() + PROGRESS_EVERY_SECONDS
     try:
         log.info(f"Scanning Pigment audit events ingested since {since:%Y-%m-%dT%H:%M:%SZ} "
                  f"for {len(wanted)} day(s), {wanted[0]} to {wanted[-1]}"
@@ -660,7 +666,8 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
                             f"({', '.join(sorted({reason for _, reason, _ in rejects}))}).")
             if on_page is not None:
                 on_page(len(page))
-            if result.pages % PROGRESS_EVERY_PAGES == 0:
+            if monotonic() >= next_progress:
+                next_progress = monotonic() + PROGRESS_EVERY_SECONDS
                 log.info(f"Fetched {result.pages} pages, {result.events_seen:,} events so far.")
         result.audit_requests = client.request_counts["audit"] - requests_before
         log.info(f"Scan done: {result.pages} pages, {result.events_seen:,} events, "

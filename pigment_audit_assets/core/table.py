@@ -37,6 +37,7 @@ import orjson
 
 from . import jsonio
 from .client import Log
+from .collector import collector_set_aside
 from .flatten import flatten_event
 from .lease import hold_lease
 from .pending import note_csv_written
@@ -348,7 +349,7 @@ def write_day_csv(storage: Storage, day: date, *, owner: str, log: Log,
     writer to a run that waits for it; :class:`DayLeaseHeldError` after ``wait_seconds``.
     """
     with hold_lease(storage, storage.raw_lease_key(day), owner, log=log,
-                    wait_seconds=wait_seconds) as lease:
+                    wait_seconds=wait_seconds) as lease, collector_set_aside():
         # A lease lost meanwhile (taken over after it expired): the CSV is not committed.
         summary = write_stored_csv(storage, storage.raw_key(day), storage.csv_key(day),
                                    before_commit=lease.check)
