@@ -7,8 +7,9 @@ the storage's manifest (``pigment_audit.json``) by the first scan, every scan co
 its own zone and fails at its start when they differ, and :func:`rezone` (the command
 ``pigment-audit-rezone``) moves every stored event to its day in the new zone: raw files are
 rewritten, import-record entries follow their events (so nothing is pushed twice), the CSVs of
-the days that changed are removed, to be rebuilt by the next run, and rejects stay where they
-are (they belong to no day).
+the days that changed are removed and the days marked pending (:mod:`.pending`), so that the
+next daily run rebuilds them and pushes what of them Pigment does not have yet, and rejects
+stay where they are (they belong to no day).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .client import Log
 from .collect import classify
 from .days import parse_zone
 from .errors import ConfigError, PigmentAuditError
+from .pending import mark_pending
 from .storage import STORAGE_VARIABLE, Storage, storage_from_url
 
 MANIFEST_KEY = "pigment_audit.json"
@@ -109,6 +111,10 @@ def rezone(storage: Storage, to_zone: ZoneInfo, log: Log) -> RezoneSummary:
         new = b"".join(line + b"\n" for _, (_, line) in events)
         if storage.read_bytes(storage.raw_key(day)) == new:
             continue
+        # Marked before the write, as a scan marks its days: the day's events not yet in
+        # Pigment (of a day that was pending, say) reach it through the next daily run, which
+        # also rebuilds the CSV removed below.
+        mark_pending(storage, day)
         storage.write_bytes(storage.raw_key(day), new)
         summary.days_written.append(day)
         if storage.exists(storage.csv_key(day)):
@@ -124,26 +130,62 @@ def rezone(storage: Storage, to_zone: ZoneInfo, log: Log) -> RezoneSummary:
 
 
 def _move_records(storage: Storage, home: dict[str, date], log: Log) -> None:
-    """Split each import record's entries by the new day of their events."""
-    records: dict[date, dict[str, Any]] = {}
+    """Split each import record's entries by the new day of their events.
+
+    An entry is known by its import id, configuration, chunk and push time, in every day it is
+    split into; a day's entry holds the union of what all records hold of it for that day.
+    The records are written twice: first each with what it held before as well as what it
+    gains, then as they end. So a run interrupted anywhere leaves every id on record (in two
+    days at worst, which pushes nothing twice), and a run started again repeats no entry.
+    """
     keys = storage.list("imports/")
+    old: dict[date, list[dict[str, Any]]] = {}
     for key in keys:
         day = date.fromisoformat(key.split("/")[1][:10])
-        old = orjson.loads(storage.read_bytes(key) or b'{"imports": []}')
-        for entry in old["imports"]:
+        old[day] = orjson.loads(storage.read_bytes(key) or b'{"imports": []}')["imports"]
+    new: dict[date, dict[tuple[Any, ...], dict[str, Any]]] = defaultdict(dict)
+    for day, entries in old.items():
+        for entry in entries:
             by_day: dict[date, list[str]] = defaultdict(list)
             for event_id in entry.get("eventIds", []):
                 by_day[home.get(event_id, day)].append(event_id)
             for new_day, ids in (by_day or {day: []}).items():
-                target = records.setdefault(new_day, {"day": new_day.isoformat(), "imports": []})
-                target["imports"].append({**entry, "eventIds": ids, "rows": len(ids)}
-                                         if new_day != day or len(by_day) > 1 else entry)
-    for day, record in records.items():
-        storage.write_bytes(storage.import_record_key(day),
-                            orjson.dumps(record, option=orjson.OPT_INDENT_2))
-    for key in keys:
-        if date.fromisoformat(key.split("/")[1][:10]) not in records:
-            storage.delete(key)
+                _add_entry(new[new_day], entry, ids)
+    for day, entries in new.items():  # first: nothing taken away yet
+        before: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for entry in [*old.get(day, []), *entries.values()]:
+            _add_entry(before, entry, entry.get("eventIds", []))
+        _write_record(storage, day, before)
+    for day, entries in new.items():
+        _write_record(storage, day, entries)
+    for day in old:
+        if day not in new:
+            storage.delete(storage.import_record_key(day))
+    log.info(f"Import records of {len(new)} day(s) written.")
+
+
+def _add_entry(entries: dict[tuple[Any, ...], dict[str, Any]], entry: dict[str, Any],
+               ids: list[str]) -> None:
+    """Add ``entry`` with ``ids`` as its event ids to a day's entries, or add the ids to the
+    day's entry of the same push (without repeating one)."""
+    identity = tuple(entry.get(field) for field in ("importId", "configurationId", "chunk",
+                                                     "pushedAt"))
+    known = entries.get(identity)
+    if known is None:
+        same = list(ids) == list(entry.get("eventIds", []))
+        entries[identity] = dict(entry) if same else {**entry, "eventIds": list(ids),
+                                                      "rows": len(ids)}
+        return
+    merged = list(dict.fromkeys([*known["eventIds"], *ids]))
+    if len(merged) != len(known["eventIds"]):
+        known["eventIds"], known["rows"] = merged, len(merged)
+
+
+def _write_record(storage: Storage, day: date,
+                  entries: dict[tuple[Any, ...], dict[str, Any]]) -> None:
+    storage.write_bytes(storage.import_record_key(day), orjson.dumps(
+        {"day": day.isoformat(), "imports": list(entries.values())},
+        option=orjson.OPT_INDENT_2))
 
 
 def main(argv: list[str] | None = None) -> int:
