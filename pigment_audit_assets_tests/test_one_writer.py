@@ -29,8 +29,8 @@ import pytest
 from pigment_audit_assets.core import collect as collect_module
 from pigment_audit_assets.core import table as table_module
 from pigment_audit_assets.core.collect import fetch_days
-from pigment_audit_assets.core.errors import DayLeaseHeldError, StorageError
-from pigment_audit_assets.core.imports import push_day, unsaved_journal
+from pigment_audit_assets.core.errors import DayLeaseHeldError, PigmentAuditError, StorageError
+from pigment_audit_assets.core.imports import load_record, push_day, unsaved_journal
 from pigment_audit_assets.core.lease import hold_lease
 from pigment_audit_assets.core.storage import Storage, storage_from_url
 from pigment_audit_assets.core.table import write_day_csv, write_stored_csv
@@ -227,6 +227,24 @@ def test_a_full_disk_while_saving_the_record_loses_no_accepted_import(
     record = orjson.loads(storage.read_bytes(storage.import_record_key(DAY)) or b"{}")
     assert record["imports"][0]["importId"] == accepted
     assert not journal.exists()  # absorbed into the record
+
+
+def test_a_journal_cut_short_stops_the_push_naming_it(stand_in: PigmentStandIn,
+                                                      tmp_path: Path) -> None:
+    """A journal of unsaved entries whose last line was cut (the machine stopped while it was
+    written): the push stops naming the journal, and pushes nothing (its ids are unknown)."""
+    storage = storage_from_url(str(tmp_path / "data"))
+    _prepare_day(storage, 50)
+    journal = unsaved_journal(storage, DAY)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_bytes(b'{"importId": "imp-1", "configurationId": "c", "chunk": 1, "pushedAt": '
+                        b'"2026-12-01T00:00:00+00:00", "eventIds": ["e1", "e')
+    with pytest.raises(PigmentAuditError, match=re.escape(str(journal)) + r" cannot be read"):
+        push_day(make_client(stand_in), storage, DAY, CONFIGURATION_ID, 40_000, log=log,
+                 poll_seconds=0.01)
+    with pytest.raises(PigmentAuditError, match=re.escape(str(journal))):
+        load_record(storage, DAY)  # the whole-record reader too
+    assert stand_in.imports == []
 
 
 def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_at_once(

@@ -37,7 +37,13 @@ import orjson
 
 from .chunks import Chunk, write_chunks
 from .client import FINAL_IMPORT_STATUSES, Log, PigmentClient
-from .errors import ImportFailedError, PigmentApiError, PushAnswerLostError, StorageError
+from .errors import (
+    ImportFailedError,
+    PigmentApiError,
+    PigmentAuditError,
+    PushAnswerLostError,
+    StorageError,
+)
 from .lease import DEFAULT_TTL_SECONDS, hold_lease
 from .record_io import (
     ID_BATCH,
@@ -87,8 +93,11 @@ def load_record(storage: Storage, day: date) -> dict[str, Any]:
     if journal.exists():
         known = {(entry["importId"], entry["chunk"], entry["pushedAt"])
                  for entry in record["imports"]}
-        for line in journal.read_bytes().splitlines():
-            entry = orjson.loads(line)
+        try:
+            entries = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
+        except orjson.JSONDecodeError as error:
+            raise _damaged(journal, error) from None
+        for entry in entries:
             if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
                 record["imports"].append(entry)
     return record
@@ -115,11 +124,27 @@ def read_record(storage: Storage, day: date, work: Path) -> dict[str, Any]:
     if journal.exists():
         known = {(entry["importId"], entry["chunk"], entry["pushedAt"])
                  for entry in record["imports"]}
-        with open(journal, "rb") as stream:
-            for entry in read_json_stream(stream, new_id_file):
-                if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
-                    record["imports"].append(entry)
+        try:
+            with open(journal, "rb") as stream:
+                entries = list(read_json_stream(stream, new_id_file))  # ids in id files
+        except ValueError as error:  # orjson's JSONDecodeError is one
+            raise _damaged(journal, error) from None
+        for entry in entries:
+            if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
+                record["imports"].append(entry)
     return record
+
+
+def _damaged(journal: Path, error: Exception) -> PigmentAuditError:
+    """The error for a journal that cannot be read: it names the file and what to do, and
+    nothing is pushed meanwhile (its entries' events would be pushed twice)."""
+    return PigmentAuditError(
+        f"{journal} cannot be read ({error}). It holds the import entries (chunks Pigment "
+        "accepted) that a run could not save to the day's import record, so nothing of the day "
+        "is pushed until it can be read. If only its last line is cut short (the machine "
+        "stopped while writing it), that chunk's ids are lost: remove the line and run again; "
+        "the chunk's rows may then be pushed again, so check the configuration's import "
+        "history.")
 
 
 def save_record(storage: Storage, day: date, record: dict[str, Any]) -> None:
