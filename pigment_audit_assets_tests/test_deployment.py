@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -38,6 +39,7 @@ import orjson
 import pytest
 import yaml
 
+from pigment_audit_assets.defs.component import DEFAULT_STORAGE_FOLDER
 from pigment_audit_assets_tests.conftest import (
     AUDIT_KEY,
     CONFIGURATION_ID,
@@ -165,6 +167,24 @@ def test_dockerfile_is_small_non_root_and_runs_the_code_server() -> None:
                                 "pigment_audit_assets.definitions", "-h", "0.0.0.0", "-p", "4000"]
     # The slow test runs exactly this command, only the address differs.
     assert code_server_command("127.0.0.1", 4123)[:-4] == dockerfile_cmd()[:-4]
+
+
+def test_a_yaml_workspace_s_default_folder_is_on_the_volume_compose_shares() -> None:
+    """``pigment_audit_data/<name>`` (the component's default storage) is relative to the
+    image's working directory: linked there to the folder where Compose mounts one volume in
+    the code server and in every run container, so a run's files outlive its container."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    (workdir,) = [line.split()[1] for line in text.splitlines() if line.startswith("WORKDIR ")]
+    links = re.findall(r"ln -s (\S+) (\S+)", text)
+    targets = {link: target for target, link in links}
+    target = targets[f"{workdir}/{DEFAULT_STORAGE_FOLDER}"]
+    code_server = load("docker-compose.yaml")["services"]["user_code"]["volumes"]
+    run_containers = load("compose/dagster.yaml")["run_launcher"]["config"][
+        "container_kwargs"]["volumes"]
+    shared = {volume.split(":")[0] for volume in code_server if volume.endswith(f":{target}")}
+    assert shared and shared == {volume.split(":")[0] for volume in run_containers
+                                 if volume.endswith(f":{target}")}
+    assert shared <= set(load("docker-compose.yaml")["volumes"])  # a named volume
 
 
 def test_compose_services_share_one_instance_and_workspace() -> None:
