@@ -445,3 +445,21 @@ def test_the_csv_step_leaves_objects_of_before_it_alone(
     summary = table_module.write_day_csv(storage, DAY, owner="a test", log=log)
     assert summary.rows == 300
     assert frozen_during[0] > 0 and gc.get_freeze_count() == 0
+
+
+def test_a_stored_line_that_cannot_be_placed_moves_to_the_rejects(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """A raw file edited by hand (an event without an id): the next scan of the day cannot
+    sort it into the file, and keeps it in the day's rejects with the reason, not nowhere."""
+    fill(stand_in, [DAY], 50)
+    storage = LocalStorage(tmp_path)
+    edited = b'{"eventType":"UserLoggedIn","eventTimestamp":"' + DAY.isoformat().encode() \
+        + b'T10:00:00.000Z","note":"no id"}'
+    storage.write_bytes(storage.raw_key(DAY), edited + b"\n")
+    scan = fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                      now=STAND_IN_NOW, log=log)
+    rejects = [orjson.loads(line) for line in
+               storage.read_bytes(storage.rejected_key(DAY)).splitlines()]  # type: ignore[union-attr]
+    assert [(record["reason"], record["event"]["note"]) for record in rejects] == [
+        ("in the stored raw file, but no id", "no id")]
+    assert scan.days[DAY].rejected == 1 and scan.days[DAY].events == 50

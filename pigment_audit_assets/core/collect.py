@@ -728,7 +728,8 @@ def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zo
     """Add the events of the day's stored file to the spool; the file's digest, or None.
 
     Its events of another day stay in the file (stored events are never dropped) and are
-    listed in ``misplaced`` as ``(id, their day)``, for the raw check.
+    listed in ``misplaced`` as ``(id, their day)``, for the raw check. A line that cannot be
+    placed at all (no id, no time: edited by hand) goes to the day's rejects, with why.
     """
     digest = hashlib.sha256()
     try:
@@ -739,7 +740,9 @@ def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zo
                     continue
                 item = jsonio.loads(line)
                 placed = classify(item, zone)
-                if isinstance(placed, str):
+                if isinstance(placed, str):  # a line edited by hand: kept, as a reject
+                    spool.add_rejects([(key, f"in the stored raw file, but {placed}",
+                                        line.rstrip(b"\r\n"))])
                     continue
                 event_id, event_day, at = placed
                 if event_day.isoformat() != key:
