@@ -28,10 +28,12 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from pigment_audit_assets.core.errors import ConfigError
 from pigment_audit_assets.core.storage import LocalStorage
 from pigment_audit_assets.defs.component import (
     PigmentAuditComponent,
     WorkspaceConfigError,
+    WorkspacePigmentResource,
     check_distinct,
 )
 from pigment_audit_assets_tests.conftest import DAY, STAND_IN_NOW, TODAY, days_before
@@ -377,6 +379,7 @@ def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -
     output = checked.stdout + checked.stderr
     assert checked.returncode == 1, output
     assert field in output
+    assert "sk-live 1234" not in output  # a key pasted as a variable name is never shown
     assert f"{module}/defs/{folder}/defs.yaml" in output
     assert "All definitions loaded successfully." not in output
 
@@ -553,3 +556,21 @@ def test_each_workspace_has_its_own_schedule_on_its_own_job(
         assert (request.tags[ASSET_PARTITION_RANGE_START_TAG],
                 request.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
             (TODAY - timedelta(days=2)).isoformat(), (TODAY - timedelta(days=1)).isoformat())
+
+
+@pytest.mark.parametrize(("variable", "shown"), [("ACME_AUDIT_KEY", True),
+                                                 ("sk_live_9fQ2xV7LmZ", False),
+                                                 ("AbC123xYz", False)])
+def test_a_key_variable_s_name_is_shown_only_when_written_as_names_are(
+        variable: str, shown: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key pasted where its variable's name belongs (audit_key_env: sk_live_...) is a valid
+    name that is not set: the error must not print it, in the UI and the run's logs."""
+    monkeypatch.delenv(variable, raising=False)
+    resource = WorkspacePigmentResource(workspace="acme", source="defs/acme/defs.yaml",
+                                        audit_key_env=variable, import_key_env="B_KEY")
+    with pytest.raises(ConfigError) as raised:
+        resource.check_settings(fetch=True)
+    message = str(raised.value)
+    assert "audit_key_env" in message and "defs/acme/defs.yaml" in message
+    assert (variable in message) is shown
+    assert (variable in resource.setting_names()["audit"]) is shown

@@ -68,6 +68,9 @@ warnings.filterwarnings("ignore", message="`parse_obj_as` is deprecated",
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# How variable names are written (ACME_AUDIT_KEY). A value of audit_key_env or
+# import_key_env is shown in messages only then: one that is not may be a key pasted there.
+_CONVENTIONAL_VARIABLE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
 DEFAULT_STORAGE_FOLDER = "pigment_audit_data"
 
 
@@ -85,8 +88,8 @@ class WorkspacePigmentResource(PigmentResource):
 
     def setting_names(self) -> dict[str, str]:
         """Errors name the workspace's YAML file and field (and the variable of a key)."""
-        return {"audit": f"{self.source}: audit_key_env ({self.audit_key_env})",
-                "import": f"{self.source}: import_key_env ({self.import_key_env})",
+        return {"audit": f"{self.source}: audit_key_env ({_shown(self.audit_key_env)})",
+                "import": f"{self.source}: import_key_env ({_shown(self.import_key_env)})",
                 "timezone": f"{self.source}: timezone",
                 "storage_url": f"{self.source}: storage_url"}
 
@@ -103,15 +106,23 @@ class WorkspacePigmentResource(PigmentResource):
         """As :meth:`PigmentResource.check_settings`; a missing key names its variable's field."""
         if fetch and not self.audit_api_key:
             raise WorkspaceConfigError(
-                f"{self.source}: audit_key_env: the environment variable {self.audit_key_env} "
-                f"is not set: workspace {self.workspace!r}'s raw events asset needs an "
-                "'Audit logs' API key (a Security Admin creates it).")
+                f"{self.source}: audit_key_env: the environment variable "
+                f"{_shown(self.audit_key_env)} is not set: workspace {self.workspace!r}'s raw "
+                "events asset needs an 'Audit logs' API key (a Security Admin creates it).")
         if push and not self.import_api_key:
             raise WorkspaceConfigError(
-                f"{self.source}: import_key_env: the environment variable {self.import_key_env} "
-                f"is not set: workspace {self.workspace!r}'s import asset needs an 'Import or "
-                "Export' API key (a Workspace Admin creates it).")
+                f"{self.source}: import_key_env: the environment variable "
+                f"{_shown(self.import_key_env)} is not set: workspace {self.workspace!r}'s "
+                "import asset needs an 'Import or Export' API key (a Workspace Admin creates it).")
         super().check_settings(fetch=fetch, push=push)
+
+
+def _shown(variable: str) -> str:
+    """A key variable's name as messages show it: an unconventional one (``sk_live_x9``, not
+    ``ACME_AUDIT_KEY``) may be a key pasted where its variable's name belongs."""
+    if _CONVENTIONAL_VARIABLE.match(variable):
+        return variable
+    return "(its name is not shown: it is not written as variable names are, and may be a key)"
 
 
 class ScaffoldParams(BaseModel):
@@ -276,12 +287,13 @@ class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
                                      "with a letter (it becomes an asset key prefix and group).")
         for field in ("audit_key_env", "import_key_env"):
             value = getattr(self, field)
-            if not _VARIABLE.match(value):
-                raise self._fail(field, f"{value!r} is not an environment variable name: give "
-                                        "the NAME of the variable that holds the key, not the key.")
+            if not _VARIABLE.match(value):  # its value is not shown: it may be the key itself
+                raise self._fail(field, "not an environment variable name (letters, digits and "
+                                        "_, not starting with a digit): give the NAME of the "
+                                        "variable that holds the key, not the key.")
         if self.audit_key_env == self.import_key_env:
-            raise self._fail("import_key_env", f"{self.import_key_env} is audit_key_env too: the "
-                                               "two keys are different Pigment keys.")
+            raise self._fail("import_key_env", "the same variable as audit_key_env: the two "
+                                               "keys are different Pigment keys.")
         checks: list[tuple[str, Any]] = [
             ("timezone", lambda: parse_zone(self.timezone, "timezone")),
             ("base_url", lambda: check_base_url(self.base_url)),
