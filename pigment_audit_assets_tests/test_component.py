@@ -574,3 +574,13 @@ def test_a_key_variable_s_name_is_shown_only_when_written_as_names_are(
     assert "audit_key_env" in message and "defs/acme/defs.yaml" in message
     assert (variable in message) is shown
     assert (variable in resource.setting_names()["audit"]) is shown
+
+
+def test_a_key_pasted_as_a_variable_name_stays_out_of_the_resource_s_config() -> None:
+    """The resource's config shows in the UI: an unconventional variable name, which may be a
+    key, does not go into it (the key itself comes from the environment, as an EnvVar)."""
+    pasted = "sk_live_9fQ2xV7LmZ"
+    resource = PigmentAuditComponent(name="acme", audit_key_env=pasted,
+                                     import_key_env="ACME_IMPORT_KEY").build_resource()
+    assert pasted not in repr(resource.data)
+    assert "ACME_IMPORT_KEY" in repr(resource.data)

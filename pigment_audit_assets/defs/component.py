@@ -332,7 +332,8 @@ class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
             base_url=self.base_url, storage_url=self.resolved_storage_url(),
             timezone=self.timezone, chunk_size_mb=self.chunk_size_mb,
             workspace=self.name, source=self.source,
-            audit_key_env=self.audit_key_env, import_key_env=self.import_key_env,
+            # For its messages only; the UI shows the resource's config: no pasted key there.
+            audit_key_env=_shown(self.audit_key_env), import_key_env=_shown(self.import_key_env),
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
