@@ -229,16 +229,21 @@ def test_a_full_disk_while_saving_the_record_loses_no_accepted_import(
     assert not journal.exists()  # absorbed into the record
 
 
-def test_a_journal_cut_short_stops_the_push_naming_it(stand_in: PigmentStandIn,
-                                                      tmp_path: Path) -> None:
-    """A journal of unsaved entries whose last line was cut (the machine stopped while it was
-    written): the push stops naming the journal, and pushes nothing (its ids are unknown)."""
+@pytest.mark.parametrize("journal_text", [
+    b'{"importId": "imp-1", "configurationId": "c", "chunk": 1, "pushedAt": '
+    b'"2026-12-01T00:00:00+00:00", "eventIds": ["e1", "e',  # its last line cut
+    b'{"importId": "imp-1", "chunk": 1}\n',  # JSON, but not an entry: no push time
+    b'[1, 2]\n',  # not an object
+])
+def test_a_journal_cut_short_stops_the_push_naming_it(stand_in: PigmentStandIn, tmp_path: Path,
+                                                      journal_text: bytes) -> None:
+    """A journal of unsaved entries that cannot be read (its last line cut as the machine
+    stopped, or edited): the push stops naming the journal, and pushes nothing."""
     storage = storage_from_url(str(tmp_path / "data"))
     _prepare_day(storage, 50)
     journal = unsaved_journal(storage, DAY)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    journal.write_bytes(b'{"importId": "imp-1", "configurationId": "c", "chunk": 1, "pushedAt": '
-                        b'"2026-12-01T00:00:00+00:00", "eventIds": ["e1", "e')
+    journal.write_bytes(journal_text)
     with pytest.raises(PigmentAuditError, match=re.escape(str(journal)) + r" cannot be read"):
         push_day(make_client(stand_in), storage, DAY, CONFIGURATION_ID, 40_000, log=log,
                  poll_seconds=0.01)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import random
+import tempfile
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -463,3 +464,50 @@ def test_a_stored_line_that_cannot_be_placed_moves_to_the_rejects(
     assert [(record["reason"], record["event"]["note"]) for record in rejects] == [
         ("in the stored raw file, but no id", "no id")]
     assert scan.days[DAY].rejected == 1 and scan.days[DAY].events == 50
+
+
+def _rewrite_day(storage: LocalStorage, tmp_path: Path, *, only_if_added: bool) -> Any:
+    """One scan's write of DAY that found nothing new (as the daily scan's overlap does)."""
+    spool = collect._Spool(Path(tempfile.mkdtemp(dir=tmp_path)), 1 << 20)
+    try:
+        return collect._merge_and_write(spool, storage, DAY, parse_zone("UTC"), log, None,
+                                        partial_scan=False, only_if_added=only_if_added,
+                                        still_held=lambda: None)
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("only_if_added", [False, True])
+def test_a_stored_line_that_cannot_be_placed_is_filed_once_and_never_lost(
+        only_if_added: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rewritten again and again, the day files a hand-edited line (spaces and all) once; a
+    file left as it was keeps the line and files nothing; and a scan stopped between the
+    rejects and the raw file leaves the line on record in one of them."""
+    storage = LocalStorage(tmp_path / "data")
+    good = orjson.dumps({"id": "g1", "eventType": "T", "eventTimestamp": f"{DAY}T10:00:00Z"})
+    edited = b'{"eventType": "T", "eventTimestamp": "' + DAY.isoformat().encode() + \
+        b'T11:00:00Z", "note": "no id"}'
+    storage.write_bytes(storage.raw_key(DAY), good + b"\n" + edited + b"\n")
+    (tmp_path / "spools").mkdir()
+    spools = tmp_path / "spools"
+    writer = storage.writer
+
+    def stopped(key: str) -> Any:  # the raw file's write fails: a scan killed there
+        if key == storage.raw_key(DAY):
+            raise OSError("stopped")
+        return writer(key)
+
+    monkeypatch.setattr(storage, "writer", stopped)
+    if not only_if_added:
+        with pytest.raises(OSError, match="stopped"):
+            _rewrite_day(storage, spools, only_if_added=False)
+        assert b"no id" in (storage.read_bytes(storage.rejected_key(DAY)) or b"")  # on record
+    monkeypatch.setattr(storage, "writer", writer)
+    for _ in range(3):
+        day_file = _rewrite_day(storage, spools, only_if_added=only_if_added)
+    raw = storage.read_bytes(storage.raw_key(DAY)) or b""
+    rejects = (storage.read_bytes(storage.rejected_key(DAY)) or b"").splitlines()
+    if only_if_added:  # the file stays as it was, the line in it: nothing to file
+        assert b"no id" in raw and rejects == [] and day_file.rejected == 0
+    else:
+        assert b"no id" not in raw and len(rejects) == 1 and day_file.rejected == 1

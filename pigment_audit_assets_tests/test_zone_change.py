@@ -152,7 +152,10 @@ def test_a_zone_change_interrupted_while_moving_records_loses_and_repeats_nothin
             "day": day.isoformat(), "imports": [{
                 "importId": f"import-{day}", "configurationId": "config", "chunk": 1,
                 "rows": 2, "pushedAt": f"{day}T23:59:00+00:00", "status": "Completed",
-                "eventIds": [f"{day}-noon", f"{day}-late"]}]}))
+                "eventIds": [f"{day}-noon", f"{day}-late"]}, {
+                # A chunk whose answer was lost before its ids were recorded: none to move.
+                "importId": None, "configurationId": "config", "chunk": 2, "rows": 7,
+                "pushedAt": f"{day}T23:59:30+00:00", "status": "AnswerLost"}]}))
     pushed = set(home)
 
     interrupted = _FailingRecords(root, allowed)
@@ -160,16 +163,23 @@ def test_a_zone_change_interrupted_while_moving_records_loses_and_repeats_nothin
         rezone(interrupted, PARIS, log=logging.getLogger(__name__))
     except OSError:
         on_record = {event_id for entries in _records(storage).values()
-                     for entry in entries for event_id in entry["eventIds"]}  # type: ignore[attr-defined]
+                     for entry in entries
+                     for event_id in entry.get("eventIds", [])}  # type: ignore[attr-defined]
         assert on_record >= pushed  # nothing pushed is off the record, so never pushed twice
     rezone(storage, PARIS, log=logging.getLogger(__name__))
 
     placed: list[tuple[str, str]] = []
+    lost_answers: list[tuple[str, object]] = []
     for key, entries in _records(storage).items():
         identities = [(entry["importId"], entry["chunk"], entry["pushedAt"]) for entry in entries]
         assert len(identities) == len(set(identities))  # no entry repeated
         for entry in entries:
+            if "eventIds" not in entry:
+                lost_answers.append((key[len("imports/"):][:10], entry["pushedAt"]))
+                assert entry["rows"] == 7
+                continue
             assert entry["rows"] == len(entry["eventIds"])  # type: ignore[arg-type]
             placed += [(event_id, key[len("imports/"):][:10])
                        for event_id in entry["eventIds"]]  # type: ignore[attr-defined]
     assert sorted(placed) == sorted(home.items())  # each id once, in its new day
+    assert sorted(lost_answers) == [(day.isoformat(), f"{day}T23:59:30+00:00") for day in days]

@@ -724,12 +724,14 @@ def _cells_only(item: dict[str, Any], table: CsvTable) -> bytes:
 
 
 def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zone: ZoneInfo,
-                    table: CsvTable | None, misplaced: list[tuple[str, str]]) -> str | None:
+                    table: CsvTable | None, misplaced: list[tuple[str, str]],
+                    unplaced: list[tuple[str, str, bytes]]) -> str | None:
     """Add the events of the day's stored file to the spool; the file's digest, or None.
 
     Its events of another day stay in the file (stored events are never dropped) and are
     listed in ``misplaced`` as ``(id, their day)``, for the raw check. A line that cannot be
-    placed at all (no id, no time: edited by hand) goes to the day's rejects, with why.
+    placed at all (no id, no time: edited by hand) goes to ``unplaced`` as a reject
+    ``(day, reason, event)``: a rewritten file cannot hold it, so the day's rejects will.
     """
     digest = hashlib.sha256()
     try:
@@ -740,9 +742,10 @@ def _merge_previous(spool: _Spool, storage: Storage, file_key: str, key: str, zo
                     continue
                 item = jsonio.loads(line)
                 placed = classify(item, zone)
-                if isinstance(placed, str):  # a line edited by hand: kept, as a reject
-                    spool.add_rejects([(key, f"in the stored raw file, but {placed}",
-                                        line.rstrip(b"\r\n"))])
+                if isinstance(placed, str):  # a line edited by hand: for the day's rejects
+                    # As the rejects file holds events (re-read in this form): filed once.
+                    unplaced.append((key, f"in the stored raw file, but {placed}",
+                                     jsonio.dumps(item, any_depth=True)))
                     continue
                 event_id, event_day, at = placed
                 if event_day.isoformat() != key:
@@ -797,14 +800,20 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
     key = day.isoformat()
     file_key = storage.raw_key(day)
     day_file = DayFile(day=day, path=storage.uri(file_key))
+    unplaced: list[tuple[str, str, bytes]] = []
     previous_digest = _merge_previous(spool, storage, file_key, key, zone, table,
-                                      day_file.misplaced)
+                                      day_file.misplaced, unplaced)
     _count_events(spool, key, day_file)
     if only_if_added and previous_digest is not None and day_file.added == 0:
+        # The file stays as it was (lines that cannot be placed too); new rejects are kept.
         day_file.bytes = storage.size(file_key)
-        if spool.day_rejects(key):  # the file stays as it was; its new rejects are still kept
+        if spool.day_rejects(key):
             _write_rejects(spool, storage, day, key, day_file, log)
         return day_file
+    # The rejects before the raw file: a line leaving the file is on record before it leaves.
+    spool.add_rejects(unplaced)
+    still_held()
+    _write_rejects(spool, storage, day, key, day_file, log)
     # Before the write: a scan killed between the two leaves a harmless extra mark.
     still_held()
     mark_pending(storage, day)
@@ -822,7 +831,6 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
     if day_file.kept_from_before and not partial_scan:
         log.warning(f"{day}: {day_file.kept_from_before} event(s) stored earlier were not in "
                     "this scan; they were kept.")
-    _write_rejects(spool, storage, day, key, day_file, log)
     return day_file
 
 

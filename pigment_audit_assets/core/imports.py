@@ -95,11 +95,9 @@ def load_record(storage: Storage, day: date) -> dict[str, Any]:
                  for entry in record["imports"]}
         try:
             entries = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
-        except orjson.JSONDecodeError as error:
+            _add_journal_entries(record, entries, known)
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
             raise _damaged(journal, error) from None
-        for entry in entries:
-            if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
-                record["imports"].append(entry)
     return record
 
 
@@ -127,19 +125,29 @@ def read_record(storage: Storage, day: date, work: Path) -> dict[str, Any]:
         try:
             with open(journal, "rb") as stream:
                 entries = list(read_json_stream(stream, new_id_file))  # ids in id files
-        except ValueError as error:  # orjson's JSONDecodeError is one
+            _add_journal_entries(record, entries, known)
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
             raise _damaged(journal, error) from None
-        for entry in entries:
-            if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
-                record["imports"].append(entry)
     return record
+
+
+def _add_journal_entries(record: dict[str, Any], entries: list[Any],
+                         known: set[tuple[Any, ...]]) -> None:
+    """Append the journal's entries the record does not hold yet; an entry that is not an
+    object with an import id, a chunk and a push time raises (KeyError, TypeError)."""
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise TypeError(f"an entry is not a JSON object ({type(entry).__name__})")
+        if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
+            record["imports"].append(entry)
 
 
 def _damaged(journal: Path, error: Exception) -> PigmentAuditError:
     """The error for a journal that cannot be read: it names the file and what to do, and
     nothing is pushed meanwhile (its entries' events would be pushed twice)."""
+    reason = f"an entry has no {error.args[0]!r}" if isinstance(error, KeyError) else error
     return PigmentAuditError(
-        f"{journal} cannot be read ({error}). It holds the import entries (chunks Pigment "
+        f"{journal} cannot be read ({reason}). It holds the import entries (chunks Pigment "
         "accepted) that a run could not save to the day's import record, so nothing of the day "
         "is pushed until it can be read. If only its last line is cut short (the machine "
         "stopped while writing it), that chunk's ids are lost: remove the line and run again; "

@@ -176,8 +176,9 @@ def _add_entry(entries: dict[tuple[Any, ...], dict[str, Any]], entry: dict[str, 
         entries[identity] = dict(entry) if same else {**entry, "eventIds": list(ids),
                                                       "rows": len(ids)}
         return
-    merged = list(dict.fromkeys([*known["eventIds"], *ids]))
-    if len(merged) != len(known["eventIds"]):
+    held = known.get("eventIds", [])  # an entry whose answer was lost may carry none
+    merged = list(dict.fromkeys([*held, *ids]))
+    if len(merged) != len(held):
         known["eventIds"], known["rows"] = merged, len(merged)
 
 
