@@ -365,12 +365,15 @@ def _bad_yaml(case: str, tmp_path: Path) -> tuple[dict[str, Any], str, str]:
                 "acme")
     if case == "key instead of a variable name":
         return ({"acme": {**acme, "audit_key_env": "sk-live 1234"}}, "audit_key_env", "acme")
+    if case == "key that YAML reads as a number":
+        return ({"acme": {**acme, "import_key_env": 7301945512338841}}, "import_key_env", "acme")
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["unknown field", "missing name", "same name", "same storage",
                                   "bad zone", "first day not in the past",
-                                  "key instead of a variable name"])
+                                  "key instead of a variable name",
+                                  "key that YAML reads as a number"])
 def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -> None:
     workspaces, field, folder = _bad_yaml(case, tmp_path)
     module = unique_module()
@@ -379,7 +382,8 @@ def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -
     output = checked.stdout + checked.stderr
     assert checked.returncode == 1, output
     assert field in output
-    assert "sk-live 1234" not in output  # a key pasted as a variable name is never shown
+    # A key pasted as a variable name is never shown.
+    assert "sk-live 1234" not in output and "7301945512338841" not in output
     assert f"{module}/defs/{folder}/defs.yaml" in output
     assert "All definitions loaded successfully." not in output
 
