@@ -394,6 +394,7 @@ def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -
     ("S3://bucket/audit", "s3://bucket/audit/"),
     ("az://container/audit", "abfs://container/audit"),  # four names of Azure Blob Storage
     ("abfss://container/audit", "azure://container/audit"),
+    ("az://container/audit", "abfss://container@account.dfs.core.windows.net/audit/acme"),
 ])
 def test_one_bucket_under_two_scheme_names_is_refused(
         first: str, second: str, monkeypatch: pytest.MonkeyPatch) -> None:

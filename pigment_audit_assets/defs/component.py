@@ -408,11 +408,18 @@ def check_distinct(workspaces: Sequence[PigmentAuditComponent]) -> None:
 
 def _same_store_name(root: Path | str) -> Path | str:
     """``root`` with its scheme as the store it reaches: ``s3a://`` reads what ``s3://`` does,
-    ``abfs://`` what ``az://`` does, so two workspaces on them would share every file."""
+    ``abfs://`` what ``az://`` does, so two workspaces on them would share every file. An
+    Azure URL's ``container@account...`` host is its container: the same container as
+    ``az://container`` when the account is the environment's (two accounts with one container
+    name and overlapping folders are refused too, which errs the safe way)."""
     if isinstance(root, Path):
         return root
     scheme, separator, rest = root.partition("://")
-    return f"{OBJECT_SCHEMES.get(scheme.lower(), scheme)}{separator}{rest}"
+    store = OBJECT_SCHEMES.get(scheme.lower(), scheme)
+    if store == "Azure Blob Storage":  # container@account.dfs.core.windows.net: the container
+        host, slash, path = rest.partition("/")
+        rest = host.partition("@")[0] + slash + path
+    return f"{store}{separator}{rest}"
 
 
 def _overlap(first: Any, second: Any) -> bool:
