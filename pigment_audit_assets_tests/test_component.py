@@ -367,18 +367,23 @@ def _bad_yaml(case: str, tmp_path: Path) -> tuple[dict[str, Any], str, str]:
         return ({"acme": {**acme, "audit_key_env": "sk-live 1234"}}, "audit_key_env", "acme")
     if case == "key that YAML reads as a number":
         return ({"acme": {**acme, "import_key_env": 7301945512338841}}, "import_key_env", "acme")
+    if case == "key that a template gives as a number":  # PASTED_VARIABLE is set by the test
+        return ({"acme": {**acme, "audit_key_env": "{{ env.PASTED_VARIABLE }}"}},
+                "audit_key_env", "acme")
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["unknown field", "missing name", "same name", "same storage",
                                   "bad zone", "first day not in the past",
                                   "key instead of a variable name",
-                                  "key that YAML reads as a number"])
+                                  "key that YAML reads as a number",
+                                  "key that a template gives as a number"])
 def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -> None:
     workspaces, field, folder = _bad_yaml(case, tmp_path)
     module = unique_module()
     project = write_project(tmp_path / "project", module, workspaces)
-    checked = run_dg(["check", "defs"], project, tmp_path / "home")
+    checked = run_dg(["check", "defs"], project, tmp_path / "home",
+                     PASTED_VARIABLE="7301945512338841")
     output = checked.stdout + checked.stderr
     assert checked.returncode == 1, output
     assert field in output
@@ -414,6 +419,34 @@ def test_one_bucket_under_two_scheme_names_is_refused(
     check_distinct([acme, PigmentAuditComponent(  # another bucket of the same store is fine
         name="globex", audit_key_env="G_AUDIT_KEY", import_key_env="G_IMPORT_KEY",
         storage_url=second.replace("bucket", "other").replace("container", "other"))])
+
+
+@pytest.mark.parametrize(("first", "second", "environment_account", "refused"), [
+    # Two accounts, one container name each: two stores (a production and a sandbox account).
+    ("abfss://pigment@prodacct.dfs.core.windows.net/audit",
+     "abfss://pigment@sandboxacct.dfs.core.windows.net/audit", "prodacct", False),
+    # The bare form is the environment's account: the same store as the account form...
+    ("az://pigment/audit", "abfss://pigment@prodacct.dfs.core.windows.net/audit/acme",
+     "prodacct", True),
+    # ...or another one.
+    ("az://pigment/audit", "abfss://pigment@sandboxacct.dfs.core.windows.net/audit",
+     "prodacct", False),
+])
+def test_azure_storage_is_told_apart_by_account_and_container(
+        first: str, second: str, environment_account: str, refused: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT", raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", environment_account)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")
+    acme, globex = (PigmentAuditComponent(name=name, audit_key_env=f"{name.upper()}_AUDIT_KEY",
+                                          import_key_env=f"{name.upper()}_IMPORT_KEY",
+                                          storage_url=url)
+                    for name, url in (("acme", first), ("globex", second)))
+    if refused:
+        with pytest.raises(WorkspaceConfigError, match="storage_url"):
+            check_distinct([acme, globex])
+    else:
+        check_distinct([acme, globex])
 
 
 def test_this_project_without_yaml_keeps_todays_definitions(tmp_path: Path) -> None:

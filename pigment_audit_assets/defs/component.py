@@ -131,9 +131,10 @@ _NOT_TEXT = "(not text: a number or a mapping)"
 
 
 def _variable_name(context: dg.ResolutionContext, value: Any) -> str:
-    """``audit_key_env`` / ``import_key_env`` as written, if text. Typed ``Any`` in the model
-    that Dagster validates the YAML with: with ``str``, pydantic's error for a number or a
-    mapping would quote it, and it may be the key."""
+    """``audit_key_env`` / ``import_key_env`` as written (its ``{{ env.X }}`` template
+    rendered here, not by Dagster, which would hand a number on unchecked), if text. Typed
+    ``Any`` in the model that Dagster validates the YAML with: with ``str``, pydantic's error
+    for a number or a mapping would quote it, and it may be the key."""
     value = context.resolve_value(value)
     return value if isinstance(value, str) else _NOT_TEXT
 
@@ -223,11 +224,11 @@ class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
     name: str = Field(description="The workspace's name: asset key prefix and group "
                                   "(letters, digits, _; starting with a letter).")
     audit_key_env: Annotated[str, dg.Resolver(
-        _variable_name, model_field_type=Any,
+        _variable_name, model_field_type=Any, inject_before_resolve=False,
         description="Name of the environment variable that holds the workspace's Audit Logs "
                     "API key (not the key).")]
     import_key_env: Annotated[str, dg.Resolver(
-        _variable_name, model_field_type=Any,
+        _variable_name, model_field_type=Any, inject_before_resolve=False,
         description="Name of the environment variable that holds the workspace's Import API "
                     "key (not the key).")]
     import_configuration_id: str | None = Field(
@@ -408,17 +409,21 @@ def check_distinct(workspaces: Sequence[PigmentAuditComponent]) -> None:
 
 def _same_store_name(root: Path | str) -> Path | str:
     """``root`` with its scheme as the store it reaches: ``s3a://`` reads what ``s3://`` does,
-    ``abfs://`` what ``az://`` does, so two workspaces on them would share every file. An
-    Azure URL's ``container@account...`` host is its container: the same container as
-    ``az://container`` when the account is the environment's (two accounts with one container
-    name and overlapping folders are refused too, which errs the safe way)."""
+    ``abfs://`` what ``az://`` does, so two workspaces on them would share every file. An Azure
+    root is named by its account and container: ``container@account.dfs.core.windows.net``,
+    or ``az://container`` with the environment's account."""
     if isinstance(root, Path):
         return root
     scheme, separator, rest = root.partition("://")
     store = OBJECT_SCHEMES.get(scheme.lower(), scheme)
-    if store == "Azure Blob Storage":  # container@account.dfs.core.windows.net: the container
+    if store == "Azure Blob Storage":  # the account, then the container: account/container/...
         host, slash, path = rest.partition("/")
-        rest = host.partition("@")[0] + slash + path
+        container, at, account_host = host.partition("@")
+        # The bare form's account is the environment's (the store cannot be made without one).
+        account = (account_host.partition(".")[0] if at
+                   else os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")
+                   or os.environ.get("AZURE_STORAGE_ACCOUNT", ""))
+        rest = f"{account}/{container}{slash}{path}"
     return f"{store}{separator}{rest}"
 
 
@@ -426,6 +431,7 @@ def _overlap(first: Any, second: Any) -> bool:
     if isinstance(first, Path) and isinstance(second, Path):
         return first == second or first in second.parents or second in first.parents
     first_text, second_text = str(first).rstrip("/"), str(second).rstrip("/")
+
     return (first_text == second_text or first_text.startswith(second_text + "/")
             or second_text.startswith(first_text + "/"))
 
