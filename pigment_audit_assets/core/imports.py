@@ -91,13 +91,8 @@ def load_record(storage: Storage, day: date) -> dict[str, Any]:
     record = {"day": day.isoformat(), "imports": []} if data is None else orjson.loads(data)
     journal = unsaved_journal(storage, day)
     if journal.exists():
-        known = {(entry["importId"], entry["chunk"], entry["pushedAt"])
-                 for entry in record["imports"]}
-        try:
-            entries = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
-            _add_journal_entries(record, entries, known)
-        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
-            raise _damaged(journal, error) from None
+        _absorb_journal(record, journal, lambda: [
+            orjson.loads(line) for line in journal.read_bytes().splitlines()])
     return record
 
 
@@ -120,26 +115,30 @@ def read_record(storage: Storage, day: date, work: Path) -> dict[str, Any]:
             record = next(read_json_stream(stream, new_id_file))
     journal = unsaved_journal(storage, day)
     if journal.exists():
-        known = {(entry["importId"], entry["chunk"], entry["pushedAt"])
-                 for entry in record["imports"]}
-        try:
+
+        def streamed() -> list[Any]:  # each entry's ids in an id file
             with open(journal, "rb") as stream:
-                entries = list(read_json_stream(stream, new_id_file))  # ids in id files
-            _add_journal_entries(record, entries, known)
-        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
-            raise _damaged(journal, error) from None
+                return list(read_json_stream(stream, new_id_file))
+
+        _absorb_journal(record, journal, streamed)
     return record
 
 
-def _add_journal_entries(record: dict[str, Any], entries: list[Any],
-                         known: set[tuple[Any, ...]]) -> None:
-    """Append the journal's entries the record does not hold yet; an entry that is not an
-    object with an import id, a chunk and a push time raises (KeyError, TypeError)."""
-    for entry in entries:
-        if not isinstance(entry, dict):
-            raise TypeError(f"an entry is not a JSON object ({type(entry).__name__})")
-        if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
-            record["imports"].append(entry)
+def _absorb_journal(record: dict[str, Any], journal: Path,
+                    read_entries: Callable[[], list[Any]]) -> None:
+    """Append the journal's entries (``read_entries()``) that the record does not hold yet.
+    A journal that cannot be parsed, or holds something other than entries with an import id,
+    a chunk and a push time, raises :func:`_damaged`'s error naming it."""
+    known = {(entry["importId"], entry["chunk"], entry["pushedAt"])
+             for entry in record["imports"]}
+    try:
+        for entry in read_entries():
+            if not isinstance(entry, dict):
+                raise TypeError(f"an entry is not a JSON object ({type(entry).__name__})")
+            if (entry["importId"], entry["chunk"], entry["pushedAt"]) not in known:
+                record["imports"].append(entry)
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+        raise _damaged(journal, error) from None
 
 
 def _damaged(journal: Path, error: Exception) -> PigmentAuditError:

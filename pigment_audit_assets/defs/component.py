@@ -431,7 +431,6 @@ def _overlap(first: Any, second: Any) -> bool:
     if isinstance(first, Path) and isinstance(second, Path):
         return first == second or first in second.parents or second in first.parents
     first_text, second_text = str(first).rstrip("/"), str(second).rstrip("/")
-
     return (first_text == second_text or first_text.startswith(second_text + "/")
             or second_text.startswith(first_text + "/"))
 
