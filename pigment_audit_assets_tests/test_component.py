@@ -393,6 +393,14 @@ def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -
     assert "All definitions loaded successfully." not in output
 
 
+def _workspaces_on(first: str, second: str) -> tuple[PigmentAuditComponent, ...]:
+    """Workspaces acme and globex, their files at ``first`` and ``second``."""
+    return tuple(PigmentAuditComponent(name=name, audit_key_env=f"{name.upper()}_AUDIT_KEY",
+                                       import_key_env=f"{name.upper()}_IMPORT_KEY",
+                                       storage_url=url)
+                 for name, url in (("acme", first), ("globex", second)))
+
+
 @pytest.mark.parametrize(("first", "second"), [
     ("s3://bucket/audit", "s3a://bucket/audit"),  # two names of S3
     ("s3a://bucket/audit", "s3://bucket/audit/acme"),  # and one inside the other
@@ -409,10 +417,7 @@ def test_one_bucket_under_two_scheme_names_is_refused(
                         "AWS_REGION": "us-east-1", "AZURE_STORAGE_ACCOUNT_NAME": "account",
                         "AZURE_STORAGE_ACCOUNT_KEY": "a2V5"}.items():
         monkeypatch.setenv(name, value)
-    acme, globex = (PigmentAuditComponent(name=name, audit_key_env=f"{name.upper()}_AUDIT_KEY",
-                                          import_key_env=f"{name.upper()}_IMPORT_KEY",
-                                          storage_url=url)
-                    for name, url in (("acme", first), ("globex", second)))
+    acme, globex = _workspaces_on(first, second)
     with pytest.raises(WorkspaceConfigError, match="storage_url") as refused:
         check_distinct([acme, globex])
     assert first in str(refused.value) and second in str(refused.value)
@@ -438,10 +443,7 @@ def test_azure_storage_is_told_apart_by_account_and_container(
     monkeypatch.delenv("AZURE_STORAGE_ACCOUNT", raising=False)
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", environment_account)
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")
-    acme, globex = (PigmentAuditComponent(name=name, audit_key_env=f"{name.upper()}_AUDIT_KEY",
-                                          import_key_env=f"{name.upper()}_IMPORT_KEY",
-                                          storage_url=url)
-                    for name, url in (("acme", first), ("globex", second)))
+    acme, globex = _workspaces_on(first, second)
     if refused:
         with pytest.raises(WorkspaceConfigError, match="storage_url"):
             check_distinct([acme, globex])
