@@ -136,6 +136,30 @@ def test_missing_credentials_are_named(s3_url: str, monkeypatch: pytest.MonkeyPa
         storage_from_url(s3_url).check_access()
 
 
+# An S3 refusal as obstore words it (from SeaweedFS): the probe's random name and the store's
+# request id hold digits that may spell a status code by chance.
+_DENIED = ("The operation lacked the necessary privileges to complete for path "
+           "7249ea3b87da/.access-probe-5649{chance}e71e: Error performing PUT "
+           "http://127.0.0.1:60375/pigment-audit/7249ea3b87da/.access-probe-5649{chance}e71e in "
+           "1.15ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?>"
+           "<Error><Code>AccessDenied</Code><RequestId>18EF1C3C{chance}0896A691</RequestId>"
+           "</Error>")
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    (_DENIED.format(chance="401"), "access to the bucket 'bucket' is denied"),
+    (_DENIED.format(chance="d1"), "access to the bucket 'bucket' is denied"),
+    ("Error performing PUT http://store/bucket/p - Server returned non-2xx status code: "
+     "401 Unauthorized", "the credentials are missing or wrong"),
+    ("Error performing PUT http://store/bucket/p-403 - Server returned non-2xx status code: "
+     "500 Internal Server Error", "the store did not answer as expected"),
+])
+def test_a_refused_probe_is_named_by_its_status_line_not_by_digits_by_chance(
+        text: str, hint: str, s3_url: str) -> None:
+    storage = storage_from_url("s3://bucket/audit")  # in s3_url's environment (keys, region)
+    assert storage._access_hint(text).startswith(hint)  # type: ignore[attr-defined]
+
+
 def test_urls_that_name_no_bucket_or_an_unknown_scheme_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"PIGMENT_AUDIT_STORAGE_URL.*no bucket"):
         storage_from_url("s3:///audit")

@@ -700,24 +700,27 @@ class ObjectStorage(Storage):
             obstore.put(self.store, probe, b"")
             obstore.delete(self.store, probe)
         except Exception as error:
-            text = str(error)
-            # Credential errors first: S3 sends SignatureDoesNotMatch and InvalidAccessKeyId
-            # with status 403 too, which would otherwise read as "access denied".
-            if any(word in text for word in ("credential", "Credential", "InvalidAccessKeyId",
-                                             "SignatureDoesNotMatch", "401",
-                                             # no keys: the SDK asked the instance metadata
-                                             "/latest/api/token", "/latest/meta-data")):
-                hint = "the credentials are missing or wrong: set AWS_ACCESS_KEY_ID and " \
-                       "AWS_SECRET_ACCESS_KEY (or the role or the cloud's own variables)"
-            elif "NoSuchBucket" in text or "bucket does not exist" in text.lower():
-                hint = f"the bucket {self.bucket!r} does not exist: create it or fix " \
-                       f"{self.setting}"
-            elif any(word in text for word in ("AccessDenied", "Forbidden", "403")):
-                hint = f"access to the bucket {self.bucket!r} is denied: give these " \
-                       "credentials write access to it"
-            else:
-                hint = f"the store did not answer as expected: {text.splitlines()[0][:300]}"
-            raise StorageError(f"{self.setting}={self.url!r}: {hint}.") from error
+            raise StorageError(f"{self.setting}={self.url!r}: "
+                               f"{self._access_hint(str(error))}.") from error
+
+    def _access_hint(self, text: str) -> str:
+        """What a failed probe's error text says to fix. Status codes are matched on the
+        status line only ("status code: 401"): the text also holds the probe's random name and
+        the store's request id, in which "401" or "403" turn up by chance."""
+        # Credential errors first: S3 sends SignatureDoesNotMatch and InvalidAccessKeyId
+        # with status 403 too, which would otherwise read as "access denied".
+        if any(word in text for word in ("credential", "Credential", "InvalidAccessKeyId",
+                                         "SignatureDoesNotMatch", "status code: 401",
+                                         # no keys: the SDK asked the instance metadata
+                                         "/latest/api/token", "/latest/meta-data")):
+            return ("the credentials are missing or wrong: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or the role or the cloud's own variables)")
+        if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+            return f"the bucket {self.bucket!r} does not exist: create it or fix {self.setting}"
+        if any(word in text for word in ("AccessDenied", "Forbidden", "status code: 403")):
+            return (f"access to the bucket {self.bucket!r} is denied: give these credentials "
+                    "write access to it")
+        return f"the store did not answer as expected: {text.splitlines()[0][:300]}"
 
 
 def storage_from_url(url: str, setting: str = STORAGE_VARIABLE) -> Storage:
