@@ -22,6 +22,7 @@ from typing import Any
 
 import dagster as dg
 import orjson
+import pydantic
 import pytest
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -370,6 +371,18 @@ def _bad_yaml(case: str, tmp_path: Path) -> tuple[dict[str, Any], str, str]:
     if case == "key that a template gives as a number":  # PASTED_VARIABLE is set by the test
         return ({"acme": {**acme, "audit_key_env": "{{ env.PASTED_VARIABLE }}"}},
                 "audit_key_env", "acme")
+    # Dagster re-raises its YAML model's errors with the value written: a key under a misspelt
+    # field, or in any other field, was quoted by the refusal.
+    if case == "key under a misspelt field":
+        return {"acme": {**acme, "audit_api_key": "sk-live 1234"}}, "audit_api_key", "acme"
+    if case == "missing name, a key in another field":
+        return ({"acme": {**{k: v for k, v in acme.items() if k != "name"},
+                          "import_configuration_id": "sk-live 1234"}}, "name", "acme")
+    if case == "key in a number field":
+        return {"acme": {**acme, "schedule_hour": "sk-live 1234"}}, "schedule_hour", "acme"
+    if case == "number in a text field":
+        return ({"acme": {**acme, "import_configuration_id": 7301945512338841}},
+                "import_configuration_id", "acme")
     raise AssertionError(case)
 
 
@@ -377,7 +390,10 @@ def _bad_yaml(case: str, tmp_path: Path) -> tuple[dict[str, Any], str, str]:
                                   "bad zone", "first day not in the past",
                                   "key instead of a variable name",
                                   "key that YAML reads as a number",
-                                  "key that a template gives as a number"])
+                                  "key that a template gives as a number",
+                                  "key under a misspelt field",
+                                  "missing name, a key in another field",
+                                  "key in a number field", "number in a text field"])
 def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -> None:
     workspaces, field, folder = _bad_yaml(case, tmp_path)
     module = unique_module()
@@ -391,6 +407,37 @@ def test_dg_check_defs_names_the_field_and_the_file(case: str, tmp_path: Path) -
     assert "sk-live 1234" not in output and "7301945512338841" not in output
     assert f"{module}/defs/{folder}/defs.yaml" in output
     assert "All definitions loaded successfully." not in output
+
+
+@pytest.mark.parametrize("case", ["key under a misspelt field",
+                                  "missing name, a key in another field",
+                                  "key in a number field", "number in a text field"])
+def test_a_code_location_that_fails_to_load_does_not_quote_a_key(case: str,
+                                                                   tmp_path: Path) -> None:
+    """What the webserver shows of a code location that fails to load (``dagster definitions
+    validate`` prints the same error): the field and the file, never the value written."""
+    workspaces, field, folder = _bad_yaml(case, tmp_path)
+    module = unique_module()
+    project = write_project(tmp_path / "project", module, workspaces)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    loaded = subprocess.run(
+        [str(DG.with_name("dagster")), "definitions", "validate", "--verbose",
+         "-m", f"{module}.definitions"], cwd=project, capture_output=True, text=True,
+        timeout=300, env=clean_env(DAGSTER_HOME=str(home), PYTHONPATH=str(project)))
+    output = loaded.stdout + loaded.stderr
+    assert "sk-live 1234" not in output and "7301945512338841" not in output
+    assert "Validation for 1 code locations failed" in output, output
+    assert f"{module}/defs/{folder}/defs.yaml: {field}" in output
+
+
+def test_a_workspace_built_in_python_does_not_quote_a_value_it_refuses() -> None:
+    with pytest.raises(pydantic.ValidationError) as refused:
+        PigmentAuditComponent(name="acme", audit_key_env="ACME_AUDIT_KEY",
+                              import_key_env="ACME_IMPORT_KEY", schedule_hour="sk-live 1234")
+    assert "schedule_hour" in str(refused.value)
+    assert "sk-live 1234" not in str(refused.value)
 
 
 def _workspaces_on(first: str, second: str) -> tuple[PigmentAuditComponent, ...]:

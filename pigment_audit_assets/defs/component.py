@@ -30,6 +30,7 @@ and the file. Keys come from the environment only, through ``dagster.EnvVar``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -43,7 +44,7 @@ from typing import Annotated, Any
 import dagster as dg
 from dagster.components.core.component_tree import ComponentTree
 from dagster.components.scaffold.scaffold import Scaffolder, ScaffoldRequest, scaffold_with
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
 from ..core.chunks import chunk_size_bytes
 from ..core.client import check_base_url
@@ -137,6 +138,37 @@ def _variable_name(context: dg.ResolutionContext, value: Any) -> str:
     for a number or a mapping would quote it, and it may be the key."""
     value = context.resolve_value(value)
     return value if isinstance(value, str) else _NOT_TEXT
+
+
+class _Attributes(BaseModel):
+    """Base of the model Dagster checks a workspace's YAML with: it refuses nothing."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@functools.cache
+def _lenient(strict: type[BaseModel]) -> type[BaseModel]:
+    """``strict`` (the model Dagster derives from the component) with every field optional and
+    of any type, and unknown fields kept. Dagster re-raises that model's errors with the value
+    written (pydantic's ``input_value``, also in ``dg check defs``'s schema check), and a value
+    may be a key pasted in the wrong place (``audit_api_key: sk-...``). ``load`` refuses the
+    same things naming only the field. Descriptions and defaults stay in the schema."""
+    fields: dict[str, Any] = {}
+    for field, info in strict.model_fields.items():
+        default = None if info.is_required() else info.default
+        fields[field] = (Any, Field(default=default, description=info.description,
+                                    alias=info.alias))
+    return create_model(strict.__name__, __base__=_Attributes, **fields)
+
+
+def _refusal(source: str, error: ValidationError) -> WorkspaceConfigError:
+    """A pydantic error as a refusal naming the file and each field, without the values."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'attributes'}: {problem['msg']}"
+        for problem in error.errors(include_input=False, include_url=False,
+                                    include_context=False))
+    return WorkspaceConfigError(f"{source}: {problems} (the values are not shown: one may be a "
+                                "key written in the wrong place).")
 
 
 class ScaffoldParams(BaseModel):
@@ -250,13 +282,41 @@ class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
     chunk_size_mb: float = Field(default=480.0, description="Largest push to Pigment, in MiB.")
     base_url: str = Field(default="https://pigment.app", description="Pigment's API host.")
 
+    # A value is never quoted by a refusal (built in Python or loaded from YAML): it may be a key.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
     _source: str = PrivateAttr(default="")
 
     @classmethod
+    def model(cls) -> type[BaseModel]:
+        """The model Dagster checks the YAML with: lenient (see ``_lenient``); ``load`` checks."""
+        return _lenient(super().model())
+
+    @classmethod
     def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> Any:
-        """Load from YAML, remembering the file so that every error can name it."""
-        component = super().load(attributes, context)
-        component._source = _yaml_file(context)
+        """Load from YAML, remembering the file so that every error can name it. Unknown,
+        missing and mistyped fields are refused by name, their values never shown."""
+        source = _yaml_file(context)
+        written = set(attributes.model_fields_set) if attributes is not None else set()
+        unknown = sorted((attributes.model_extra or {}) if attributes is not None else {})
+        if unknown:
+            hint = (" Keys never go in YAML: audit_key_env and import_key_env name the "
+                    "environment variables that hold them."
+                    if any("key" in field.lower() for field in unknown) else "")
+            raise WorkspaceConfigError(
+                f"{source}: {', '.join(unknown)}: not a field of a Pigment workspace (the "
+                f"fields are {', '.join(cls.model().model_fields)}).{hint}")
+        missing = [field for field, info in cls.model_fields.items()
+                   if info.is_required() and field not in written]
+        if missing:
+            raise WorkspaceConfigError(
+                f"{source}: {', '.join(missing)}: missing; a workspace needs its 'name' and the "
+                "names of the variables that hold its keys (audit_key_env, import_key_env).")
+        try:
+            component = super().load(attributes, context)
+        except ValidationError as error:
+            raise _refusal(source, error) from None
+        component._source = source
         return component
 
     # --- derived names -----------------------------------------------------------------------
