@@ -118,6 +118,8 @@ class ImportRecord:
     final_status: Literal["Completed", "Failed"]
     inserted_count: int = 0
     errors: tuple[tuple[str, str], ...] = ()  # (name, description) when final_status is Failed
+    skipped_count: int = 0  # rows Pigment skipped, with skipped_reason, in a Completed import
+    skipped_reason: str = ""
 
 
 class _Stored(NamedTuple):
@@ -297,6 +299,7 @@ class PigmentStandIn:
         self._window_start: float | None = None
         self._window_used = 0
         self._fail_imports = 0
+        self._partial_imports: list[tuple[int, int, str]] = []  # (skipped, unreported, reason)
         self._imports_by_id: dict[str, ImportRecord] = {}
         self._polls: Counter[str] = Counter()
         self._completed_at: dict[str, datetime] = {}
@@ -463,6 +466,13 @@ class PigmentStandIn:
         with self._lock:
             self._fail_imports += count
 
+    def complete_next_import_partly(self, *, skipped: int = 0, unreported: int = 0,
+                                    reason: str = "Invalid value") -> None:
+        """The next accepted push completes with ``skipped`` rows skipped (reported, with
+        ``reason``) and ``unreported`` rows neither taken nor reported: a short report."""
+        with self._lock:
+            self._partial_imports.append((skipped, unreported, reason))
+
     # -- observation -----------------------------------------------------------------------
 
     def pushed_rows(self) -> list[dict[str, str]]:
@@ -611,11 +621,14 @@ class PigmentStandIn:
             if self._fail_imports > 0 and not errors:
                 self._fail_imports -= 1
                 errors = (("ImportFailed", "The import failed (injected by the stand-in)"),)
+            skipped, unreported, reason = ((0, 0, "") if errors or not self._partial_imports
+                                           else self._partial_imports.pop(0))
             record = ImportRecord(
                 import_id=str(uuid.uuid4()), configuration_id=configuration_id, body=body,
                 content_type=content_type, created_at=now,
                 final_status="Failed" if errors else "Completed",
-                inserted_count=0 if errors else inserted, errors=errors,
+                inserted_count=0 if errors else max(0, inserted - skipped - unreported),
+                errors=errors, skipped_count=skipped, skipped_reason=reason,
             )
             self.imports.append(record)
             self._imports_by_id[record.import_id] = record
@@ -643,10 +656,12 @@ class PigmentStandIn:
             block_id = str(uuid.uuid5(uuid.NAMESPACE_URL, record.configuration_id))
             counts = {"insertedCount": record.inserted_count, "updatedCount": 0,
                       "deletedCount": 0}
+            skipped = ([{"count": record.skipped_count, "reason": record.skipped_reason,
+                         "samples": []}] if record.skipped_count else [])
             answer["detailedReport"] = {
                 "blockType": "List",
-                "summary": {**counts, "skippedCount": 0},
-                "impactedBlocks": [{"blockId": block_id, **counts, "skippedData": []}],
+                "summary": {**counts, "skippedCount": record.skipped_count},
+                "impactedBlocks": [{"blockId": block_id, **counts, "skippedData": skipped}],
             }
         return _json_response(200, answer)
 

@@ -34,11 +34,12 @@ from pigment_audit_assets_tests.conftest import (
     CONFIGURATION_ID,
     DAY,
     IMPORT_KEY,
+    STAND_IN_NOW,
     days_before,
     make_client,
     resource_settings,
 )
-from pigment_audit_assets_tests.stand_in import PigmentStandIn
+from pigment_audit_assets_tests.stand_in import Fault, PigmentStandIn
 from pigment_audit_assets_tests.synthetic import synthetic_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +226,78 @@ def test_an_import_pigment_no_longer_knows_is_not_verified(stand_in: PigmentStan
         "ops": {"audit_events_import": {"config": {"force_full_repush": True}}}})
     check = checks_by_day(forced)[checks.IMPORT_REPORTS][DAY.isoformat()]
     assert check.passed and check.description is None
+
+
+def import_check(result: dg.ExecuteInJobResult) -> dg.AssetCheckEvaluation:
+    return checks_by_day(result)[checks.IMPORT_REPORTS][DAY.isoformat()]
+
+
+def test_rows_pigment_skipped_are_not_counted_in_pigment_until_a_full_repush(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """A Completed import that skipped rows: the check warns, with Pigment's reason, and the
+    row count leaves them out, on this run and on a re-run with nothing new to push."""
+    stand_in.add_events(synthetic_events(DAY, 30, seed=5))
+    stand_in.complete_next_import_partly(skipped=5, reason="Member not found")
+    resource = PigmentResource(**resource_settings(stand_in, tmp_path, chunk_size_mb=1))
+    for run in range(2):
+        result = materialize(resource, day=DAY.isoformat())
+        check = import_check(result)
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN, run
+        assert "skipped 5 of 30 rows (Member not found: 5)" in (check.description or "")
+        assert by_day(result, "audit_events_import")[DAY.isoformat()]["dagster/row_count"] == 25
+    assert len(stand_in.imports) == 1  # the re-run pushed nothing
+    forced = materialize(resource, day=DAY.isoformat(), run_config={
+        "ops": {"audit_events_import": {"config": {"force_full_repush": True}}}})
+    assert import_check(forced).passed
+    assert by_day(forced, "audit_events_import")[DAY.isoformat()]["dagster/row_count"] == 30
+
+
+def test_an_import_that_fell_short_stays_failed_on_a_rerun(stand_in: PigmentStandIn,
+                                                          tmp_path: Path) -> None:
+    """Before, the check looked at the run's own imports only: a re-run with nothing to push
+    turned the day green while 2 of its rows were in no report."""
+    stand_in.add_events(synthetic_events(DAY, 30, seed=6))
+    stand_in.complete_next_import_partly(unreported=2)
+    resource = PigmentResource(**resource_settings(stand_in, tmp_path, chunk_size_mb=1))
+    for run in range(2):
+        result = materialize(resource, day=DAY.isoformat(), raise_on_error=False)
+        check = import_check(result)
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR, run
+        assert list(check.metadata["short"].value.values()) == [
+            {"rows_pushed": 30, "accounted_for": 28}]
+        assert by_day(result, "audit_events_import")[DAY.isoformat()]["dagster/row_count"] == 28
+
+
+def test_a_push_whose_answer_was_lost_keeps_warning_on_a_rerun(stand_in: PigmentStandIn,
+                                                              tmp_path: Path) -> None:
+    stand_in.add_events(synthetic_events(DAY, 30, seed=7))
+    stand_in.inject(Fault("truncate", endpoint="push"))
+    resource = PigmentResource(**resource_settings(stand_in, tmp_path, chunk_size_mb=1))
+    for run in range(2):
+        check = import_check(materialize(resource, day=DAY.isoformat()))
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN, run
+        assert f"{DAY} chunk 1 (30 rows)" in (check.description or ""), run
+
+
+def test_an_import_an_earlier_run_left_open_is_followed_not_claimed(tmp_path: Path) -> None:
+    with PigmentStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY,
+                        configuration_ids=(CONFIGURATION_ID,), page_size=100, now=STAND_IN_NOW,
+                        status_polls_in_progress=10**6) as stand_in:
+        stand_in.add_events(synthetic_events(DAY, 30, seed=8))
+        impatient = PigmentResource(**resource_settings(
+            stand_in, tmp_path, chunk_size_mb=1, import_poll_timeout_seconds=0.2))
+        assert not materialize(impatient, day=DAY.isoformat(), raise_on_error=False).success
+        stand_in.status_polls_in_progress = 0
+        resource = PigmentResource(**resource_settings(stand_in, tmp_path, chunk_size_mb=1))
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = materialize(resource, day=DAY.isoformat(), instance=instance)
+            meta = by_day(result, "audit_events_import")[DAY.isoformat()]
+            assert meta["import_ids"] == [] and meta["chunks_pushed"] == 0
+            assert meta["imports_followed"] == [stand_in.imports[0].import_id]
+            assert meta["inserted"] == 30 and meta["dagster/row_count"] == 30
+            assert any(entry.user_message.startswith("This run pushed 0 row(s) in 0 import(s)")
+                       for entry in instance.all_logs(result.run_id))
+        assert len(stand_in.imports) == 1
 
 
 # --- the launchpad's resource config --------------------------------------------------------

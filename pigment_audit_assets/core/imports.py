@@ -57,8 +57,12 @@ from .record_io import (
 from .storage import UNSAVED_FOLDER, Storage, naming_scratch, scratch_dir, scratch_root
 
 REPORT_COUNTS = ("insertedCount", "updatedCount", "deletedCount", "skippedCount")
+# What a List import's report must add up to: every row it carried (a deletion is not a row).
+REPORT_SUMS = ("insertedCount", "updatedCount", "skippedCount")
 ANSWER_LOST = "AnswerLost"  # Pigment answered 200 to the push, the import id was cut off
 STATUS_UNKNOWN = "StatusUnknown"  # Pigment answered 404 to the status of an accepted import
+SHORT = "Short"  # Completed, but its report does not account for every row it carried
+SKIPPED = "Skipped"  # Completed, and Pigment skipped some of its rows
 
 
 @dataclass
@@ -72,16 +76,26 @@ class ImportOutcome:
     already_pushed: int = 0
     rows_pushed: int = 0
     chunks: int = 0
-    import_ids: list[str] = field(default_factory=list)
+    import_ids: list[str] = field(default_factory=list)  # imports this run pushed
+    # Imports an earlier run pushed and left open, which this run waited for.
+    imports_followed: list[str] = field(default_factory=list)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REPORT_COUNTS, 0))
     failed: list[str] = field(default_factory=list)
     forced: bool = False
     answer_lost: list[dict[str, Any]] = field(default_factory=list)
-    # Import ids (and rows) of StatusUnknown imports whose events are not all in a Completed
-    # import, worked out by push_day while the ids are at hand; None: not worked out (the
-    # import check then works it out from the record's eventIds lists).
-    unverified: dict[str, int] | None = None
+    # The day's imports (of any run) whose rows are not known to be in Pigment, and whose
+    # events are not all in an import that is (see :func:`doubt`): import id, or "chunk N
+    # pushed at T" for a lost answer, to the doubt, the rows and what the report counted.
+    # Worked out by push_day while the ids are at hand; None: not worked out (the import
+    # check then works it out from the record's eventIds lists).
+    unverified: dict[str, dict[str, Any]] | None = None
+
+    def rows_not_in_pigment(self) -> int:
+        """Rows of ``unverified`` imports that Pigment's report says it did not take: the
+        skipped ones, and those a short report does not account for."""
+        return sum(item["rows"] - item["taken"] for item in (self.unverified or {}).values()
+                   if item["doubt"] in (SHORT, SKIPPED))
 
 
 def load_record(storage: Storage, day: date) -> dict[str, Any]:
@@ -217,13 +231,20 @@ def chunk_id_file(chunk: Chunk, path: Path) -> IdFile:
 
 def summarize_report(status: dict[str, Any]) -> dict[str, Any]:
     """The part of an import status worth keeping: counts, errors, times."""
-    summary = (status.get("detailedReport") or {}).get("summary") or {}
+    detailed = status.get("detailedReport") or {}
+    summary = detailed.get("summary") or {}
+    skipped: dict[str, int] = {}  # why Pigment skipped rows, and how many (no samples: data)
+    for block in detailed.get("impactedBlocks") or []:
+        for item in (block or {}).get("skippedData") or []:
+            reason = str((item or {}).get("reason") or "no reason given")
+            skipped[reason] = skipped.get(reason, 0) + int((item or {}).get("count") or 0)
     return {
         "status": status.get("importStatus"),
-        "blockType": (status.get("detailedReport") or {}).get("blockType"),
+        "blockType": detailed.get("blockType"),
         **{name: int(summary.get(name) or 0) for name in REPORT_COUNTS},
         "errors": [f"{error.get('name', '')}: {error.get('description', '')}"
                    for error in status.get("errorsDetails") or []],
+        "skippedReasons": skipped,
         "completedAt": status.get("completedAt"),
     }
 
@@ -303,22 +324,82 @@ class RecordedIds(int):
     (they are in the saved record; the scratch copy is gone)."""
 
 
-def _unverified(record: dict[str, Any], configuration_id: str, work: Path) -> dict[str, int]:
-    """StatusUnknown imports of ``configuration_id`` with an event in no Completed import."""
+def doubt(entry: dict[str, Any]) -> str | None:
+    """Why an accepted import's rows are not known to be in Pigment, or None if they are (or
+    if it is not finished, or Failed: its events are pushed again). Pigment no longer knows it
+    (``StatusUnknown``); its answer was cut off (``AnswerLost``); its report does not add up to
+    its rows (``Short``, List imports: a Metric import counts cells); Pigment skipped some of
+    its rows (``Skipped``)."""
+    status = entry.get("status")
+    if status in (STATUS_UNKNOWN, ANSWER_LOST):
+        return status
+    report = entry.get("report") or {}
+    if status != "Completed" or not report:
+        return None
+    if (report.get("blockType") != "Metric"
+            and taken(report) + int(report.get("skippedCount") or 0) != entry["rows"]):
+        return SHORT
+    return SKIPPED if int(report.get("skippedCount") or 0) else None
+
+
+def taken(report: dict[str, Any]) -> int:
+    """Rows a report says Pigment took: inserted and updated."""
+    return int(report.get("insertedCount") or 0) + int(report.get("updatedCount") or 0)
+
+
+def unverified_key(entry: dict[str, Any]) -> str:
+    """How an import is named where its rows are in doubt: its id, or its chunk and time."""
+    return (entry.get("importId")
+            or f"chunk {entry.get('chunk')} pushed at {entry.get('pushedAt')}")
+
+
+def _unverified(record: dict[str, Any], configuration_id: str,
+                work: Path) -> dict[str, dict[str, Any]]:
+    """Imports of ``configuration_id`` in :func:`doubt` with an event in no Completed import
+    whose rows are all in Pigment (a later forced re-push settles them)."""
     entries = [entry for entry in record["imports"]
                if entry.get("configurationId") == configuration_id]
-    unknown = [entry for entry in entries if entry.get("status") == STATUS_UNKNOWN]
-    if not unknown:
+    doubtful = [(entry, reason) for entry in entries if (reason := doubt(entry))]
+    if not doubtful:
         return {}
     confirmed = IdSet(work / "confirmed", [entry.get("eventIds", []) for entry in entries
-                                           if entry.get("status") == "Completed"])
+                                           if entry.get("status") == "Completed"
+                                           and not doubt(entry)])
     try:
-        return {entry["importId"]: entry["rows"] for entry in unknown
+        return {unverified_key(entry): doubt_summary(entry, reason)
+                for entry, reason in doubtful
                 if not all(event_id in confirmed
                            for batch in id_batches(entry.get("eventIds", []))
                            for event_id in batch)}
     finally:
         confirmed.close()
+
+
+def unverified_in(record: dict[str, Any],
+                  configuration_id: str | None) -> dict[str, dict[str, Any]]:
+    """:func:`_unverified` for a record whose ``eventIds`` are lists, in memory (the import
+    check's way when no push worked it out)."""
+    entries = [entry for entry in record["imports"]
+               if configuration_id is None or entry.get("configurationId") == configuration_id]
+    confirmed = {event_id for entry in entries
+                 if entry.get("status") == "Completed" and not doubt(entry)
+                 for event_id in entry.get("eventIds", [])}
+    return {unverified_key(entry): doubt_summary(entry, reason) for entry in entries
+            if (reason := doubt(entry))
+            and not set(entry.get("eventIds", [])) <= confirmed}
+
+
+def doubt_summary(entry: dict[str, Any], reason: str) -> dict[str, Any]:
+    """What the import check and the metadata show of an import in :func:`doubt`."""
+    report = entry.get("report") or {}
+    return {"doubt": reason, "rows": entry["rows"], "chunk": entry.get("chunk"),
+            "pushedAt": entry.get("pushedAt"),
+            # A Metric import's counts are cells: its rows taken cannot be told.
+            "taken": (taken(report) if report and report.get("blockType") != "Metric"
+                      else entry["rows"]),
+            "skipped": int(report.get("skippedCount") or 0),
+            "errors": list(report.get("errors") or []),
+            "skippedReasons": dict(report.get("skippedReasons") or {})}
 
 
 def _push_chunk(client: PigmentClient, storage: Storage, day: date, configuration_id: str,
@@ -396,10 +477,10 @@ def _follow_open_imports(client: PigmentClient, storage: Storage, day: date,
             log.info(f"Import {import_id}: {report['status']}, "
                      + ", ".join(f"{name} {report[name]}" for name in REPORT_COUNTS))
             if import_id not in outcome.import_ids:
-                outcome.import_ids.append(import_id)  # an import an earlier run left open
+                outcome.imports_followed.append(import_id)  # an earlier run left it open
             if report["status"] == "Failed":
                 outcome.failed.append(import_id)
-        if import_id in outcome.import_ids:
+        if import_id in outcome.import_ids or import_id in outcome.imports_followed:
             report = entry.get("report") or {}
             outcome.reports[import_id] = report
             for name in REPORT_COUNTS:

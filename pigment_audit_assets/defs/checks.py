@@ -38,7 +38,15 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 
 from ..core.collect import DayFile, classify
 from ..core.days import day_start, epoch_microseconds
-from ..core.imports import ANSWER_LOST, STATUS_UNKNOWN, ImportOutcome
+from ..core.imports import (
+    ANSWER_LOST,
+    REPORT_SUMS,
+    SHORT,
+    SKIPPED,
+    STATUS_UNKNOWN,
+    ImportOutcome,
+    unverified_in,
+)
 from ..core.storage import Storage
 from ..core.table import CsvSummary
 
@@ -46,7 +54,6 @@ RAW_IDS_AND_DAYS = "event_ids_unique_and_in_day"
 RAW_REJECTED = "no_rejected_events"
 CSV_ROWS = "one_csv_row_per_event"
 IMPORT_REPORTS = "import_reports_cover_rows"
-REPORT_SUMS = ("insertedCount", "updatedCount", "skippedCount")
 
 _DESCRIPTIONS = {
     RAW_IDS_AND_DAYS: ("raw_audit_events", True,
@@ -269,42 +276,71 @@ def check_csv_written(storage: Storage, day: date, summary: CsvSummary) -> dg.As
     return check_csv_rows(storage, day)
 
 
+def _reasons(reasons: dict[str, int]) -> str:
+    """Pigment's reasons for skipping rows, as a parenthesis (empty without any)."""
+    return (" (" + "; ".join(f"{reason}: {count}" for reason, count in reasons.items()) + ")"
+            if reasons else "")
+
+
 def check_import_reports(outcome: ImportOutcome,
                          configuration_id: str | None = None) -> dg.AssetCheckResult:
-    """Each import of the day: inserted + updated + skipped equals the rows it carried.
+    """Every import of the day accepted by Pigment, this run's and earlier runs', has its rows
+    in Pigment: its report's inserted + updated + skipped equals the rows it carried, and
+    Pigment skipped none of them.
 
     Compared for List imports (and reports without a block type); a Metric import counts
-    cells, which do not map to rows, so it is not compared.
+    cells, which do not map to rows, so only its skipped cells are. An earlier import in doubt
+    stays in doubt until a Completed import without doubt holds all its events (a forced full
+    re-push of the day): a re-run with nothing new to push does not turn the check green.
 
-    What cannot be verified does not pass: a push whose answer was cut off after Pigment's 200
-    (no import id, so no report), and an import whose status Pigment no longer knows
-    (``StatusUnknown``) while some of its events are in no later import Pigment completed. The
-    check then warns (severity WARN) "could not be verified", unless an import fell short.
+    Fails (ERROR) when an import fell short. Warns (WARN, not passed) when Pigment skipped
+    rows, and when rows cannot be verified: a push whose answer was cut off after Pigment's
+    200 (no import id, so no report), and an import whose status Pigment no longer knows
+    (``StatusUnknown``).
     """
-    record = outcome.record
-    entries = [entry for entry in record["imports"]
+    entries = [entry for entry in outcome.record["imports"]
                if configuration_id is None or entry.get("configurationId") == configuration_id]
     rows_by_id = {entry["importId"]: entry["rows"] for entry in entries if entry["importId"]}
     short: dict[str, dict[str, int]] = {}
-    for import_id, report in outcome.reports.items():
-        if report.get("blockType") == "Metric":
-            continue  # a metric's counts are cells, not rows: nothing to compare them to
+    skipped: dict[str, dict[str, Any]] = {}
+    for import_id, report in outcome.reports.items():  # this run's: as Pigment reported them
+        rows = rows_by_id.get(import_id, -1)
         accounted = sum(int(report.get(name) or 0) for name in REPORT_SUMS)
-        if accounted != rows_by_id.get(import_id):
-            short[import_id] = {"rows_pushed": rows_by_id.get(import_id, -1),
-                                "accounted_for": accounted}
-    if outcome.unverified is not None:  # worked out by the push, with the ids at hand
-        unknown = dict(outcome.unverified)
-    else:
-        confirmed = {event_id for entry in entries if entry.get("status") == "Completed"
-                     for event_id in entry.get("eventIds", [])}
-        unknown = {entry["importId"]: entry["rows"] for entry in entries
-                   if entry.get("status") == STATUS_UNKNOWN
-                   and not set(entry.get("eventIds", [])) <= confirmed}
+        if report.get("blockType") != "Metric" and accounted != rows:
+            short[import_id] = {"rows_pushed": rows, "accounted_for": accounted}
+        if int(report.get("skippedCount") or 0):
+            skipped[import_id] = {"rows": rows, "skipped": int(report["skippedCount"]),
+                                  "reasons": dict(report.get("skippedReasons") or {}),
+                                  "errors": list(report.get("errors") or [])}
+    doubtful = (outcome.unverified if outcome.unverified is not None
+                else unverified_in(outcome.record, configuration_id))
     lost = list(outcome.answer_lost)
+    unknown: dict[str, int] = {}
+    for key, item in doubtful.items():  # the day's earlier imports still in doubt too
+        if item["doubt"] == SHORT and key not in short:
+            short[key] = {"rows_pushed": item["rows"],
+                          "accounted_for": item["taken"] + item["skipped"]}
+        elif item["doubt"] == SKIPPED and key not in skipped:
+            skipped[key] = {"rows": item["rows"], "skipped": item["skipped"],
+                            "reasons": item["skippedReasons"], "errors": item["errors"]}
+        elif item["doubt"] == STATUS_UNKNOWN:
+            unknown[key] = item["rows"]
+        elif item["doubt"] == ANSWER_LOST and not any(
+                (earlier["chunk"], earlier["pushedAt"]) == (item["chunk"], item["pushedAt"])
+                for earlier in lost):
+            lost.append({"day": outcome.day.isoformat(), "chunk": item["chunk"],
+                         "rows": item["rows"], "pushedAt": item["pushedAt"]})
     problems = []
     if short:
-        problems.append("imports whose report falls short: " + ", ".join(short))
+        problems.append("imports whose report falls short: " + ", ".join(short)
+                        + "; force a full re-push of the day once Pigment's side is checked")
+    if skipped:
+        problems.append(
+            "Pigment skipped rows, so their events are not in Pigment: "
+            + ", ".join(f"import {import_id} skipped {item['skipped']} of {item['rows']} rows"
+                        + _reasons(item["reasons"]) for import_id, item in skipped.items())
+            + "; fix those rows or the import configuration, then force a full re-push of "
+              "the day")
     if unknown:
         problems.append("could not be verified: Pigment no longer knows the status of "
                         + ", ".join(f"import {import_id} ({rows} rows)"
@@ -320,6 +356,7 @@ def check_import_reports(outcome: ImportOutcome,
         severity=dg.AssetCheckSeverity.ERROR if short else dg.AssetCheckSeverity.WARN,
         description="; ".join(problems) or None,
         metadata={"imports_checked": len(outcome.reports), "short": short,
+                  "skipped": dg.MetadataValue.json(skipped),
                   "not_verified": dg.MetadataValue.json(
                       {**{import_id: STATUS_UNKNOWN for import_id in unknown},
                        **{f"chunk {item['chunk']}": ANSWER_LOST for item in lost}}),

@@ -99,11 +99,14 @@ def import_day_metadata(outcome: ImportOutcome) -> dict[str, Any]:
     """One day's push: import ids, rows, Pigment's report.
 
     ``dagster/row_count`` is the day's events in Pigment: those pushed by earlier runs and
-    still counted as pushed, plus those this run pushed.
+    still counted as pushed, plus those this run pushed, less the rows Pigment's reports say it
+    skipped or did not account for (the import check names those imports).
     """
     return {
-        "dagster/row_count": outcome.already_pushed + outcome.rows_pushed,
+        "dagster/row_count": max(0, outcome.already_pushed + outcome.rows_pushed
+                                 - outcome.rows_not_in_pigment()),
         "import_ids": dg.MetadataValue.json(outcome.import_ids),
+        "imports_followed": dg.MetadataValue.json(outcome.imports_followed),
         "chunks_pushed": outcome.chunks,
         "rows_pushed": outcome.rows_pushed,
         "events_already_in_pigment": outcome.already_pushed,
