@@ -379,3 +379,34 @@ def test_late_events_a_run_by_hand_took_in_are_pushed_by_the_next_daily_run(
     pushed = completed_ids(stand_in)
     assert {event["id"]: pushed[event["id"]] for event in late} == {
         event["id"]: 1 for event in late}
+
+
+def test_a_pending_day_whose_raw_file_fails_its_check_is_not_pushed_by_the_daily_run(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """A run of X failed its blocking raw check (X's stored file holds an event of the day
+    before), so X stayed pending. Before, the next daily run wrote X's CSV and pushed it, the
+    other day's event included, with green CSV and import checks."""
+    day = TODAY - timedelta(days=6)
+    x = day - timedelta(days=3)
+    tick = tick_at(day + timedelta(days=1))
+    stand_in.set_now(tick)
+    for each in (x - timedelta(days=1), x, day):
+        stand_in.add_events(synthetic_events(each, 20, seed=each.toordinal()))
+    stray = synthetic_events(x - timedelta(days=1), 1, seed=77)[0]
+    storage = LocalStorage(tmp_path)
+    storage.raw_path(x).parent.mkdir(parents=True, exist_ok=True)
+    storage.raw_path(x).write_bytes(orjson.dumps(stray) + b"\n")
+    resource = PigmentResource(**resource_settings(stand_in, tmp_path))
+    defs = definitions(TODAY - timedelta(days=60), resource=resource)
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = dg.materialize(ASSETS, resources={"pigment": resource},
+                               partition_key=x.isoformat(), instance=instance,
+                               raise_on_error=False)
+        assert not first.success and stand_in.pushed_rows() == []
+        daily = run_job(defs, dict(one_request(defs, tick).tags), instance)
+        assert x.isoformat() not in partition_metadata(daily, "audit_events_csv")
+        assert x.isoformat() not in partition_metadata(daily, "audit_events_import")
+        assert stray["id"] not in {row["id"] for row in stand_in.pushed_rows()}
+        assert any(f"{x}: still pending, its CSV not written" in entry.user_message
+                   for entry in instance.all_logs(daily.run_id))
+    assert x in pending_days(storage)

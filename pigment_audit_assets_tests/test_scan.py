@@ -511,3 +511,28 @@ def test_a_stored_line_that_cannot_be_placed_is_filed_once_and_never_lost(
         assert b"no id" in raw and rejects == [] and day_file.rejected == 0
     else:
         assert b"no id" not in raw and len(rejects) == 1 and day_file.rejected == 1
+
+
+def test_a_reject_ingested_after_the_runs_days_is_left_to_its_own_days_run(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """An event without an id, ingested on a later day: a run of an earlier day sees it (its
+    scan reads everything ingested since the day's start) and filed it under its own day, and
+    the later day's run filed it again: one event, rejected on two days."""
+    later = DAY + timedelta(days=1)
+    for day in (DAY, later):
+        stand_in.add_events(synthetic_events(day, 20, seed=day.toordinal()))
+    no_id = {"eventType": "UserInvited", "eventTimestamp": f"{later}T11:59:00Z",
+             "ingestionTimestamp": f"{later}T12:00:00Z"}
+    stand_in.add_events([no_id])
+    storage = LocalStorage(tmp_path)
+    zone = parse_zone("UTC")
+    first = fetch_days(make_client(stand_in), [DAY], zone, storage, now=STAND_IN_NOW, log=log)
+    assert first.days[DAY].rejected == 0 and not storage.exists(storage.rejected_key(DAY))
+    assert first.outside_range == 21  # the later day's 20 events and the reject
+    second = fetch_days(make_client(stand_in), [later], zone, storage, now=STAND_IN_NOW,
+                        log=log)
+    assert second.days[later].rejected == 1
+    # A range over both files it once, under its ingestion day.
+    both = fetch_days(make_client(stand_in), [DAY, later], zone, storage, now=STAND_IN_NOW,
+                      log=log)
+    assert (both.days[DAY].rejected, both.days[later].rejected) == (0, 1)

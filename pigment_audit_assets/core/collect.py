@@ -111,6 +111,9 @@ class DayFile:
     lines_written: int | None = None  # None: the file was left as it was
     # Events kept from the file's previous version that belong to another day: (id, day).
     misplaced: list[tuple[str, str]] = field(default_factory=list)
+    # An older day the daily scan brought late events to, with no raw file: it was never
+    # materialized, and nothing was written (its own run's scan reads those events).
+    left_for_its_run: bool = False
 
 
 @dataclass
@@ -460,8 +463,14 @@ def _event_type(item: dict[str, Any]) -> str:
     return sys.intern(value) if isinstance(value, str) else ""  # one copy per type in a spool
 
 
-def _reject_day(item: Any, days: set[date], first: date, zone: ZoneInfo) -> date:
-    """The day a reject is filed under: its ingestion day if in range, else the first day."""
+def _reject_day(item: Any, days: set[date], first: date, zone: ZoneInfo,
+                last: date | None = None) -> date | None:
+    """The day a reject is filed under: its ingestion day if in range, else the first day.
+
+    With ``last`` (a scan from its first day's start, not from the watermark): None for one
+    ingested after ``last``. That day's own run, whose scan starts at its start, files it;
+    filed here too, one event would show as a reject of two days, as the runs were ranged.
+    """
     if isinstance(item, dict):
         try:
             candidate = day_of(parse_timestamp(item.get("ingestionTimestamp")), zone)
@@ -469,6 +478,8 @@ def _reject_day(item: Any, days: set[date], first: date, zone: ZoneInfo) -> date
             return first
         if candidate in days:
             return candidate
+        if last is not None and candidate > last:
+            return None
     return first
 
 
@@ -622,7 +633,11 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
             for item in page:
                 placed = place(item)
                 if isinstance(placed, str):
-                    reject_day = _reject_day(item, wanted_set, wanted[0], zone)
+                    reject_day = _reject_day(item, wanted_set, wanted[0], zone,
+                                             None if unreachable else wanted[-1])
+                    if reject_day is None:  # its own day's run files it
+                        result.outside_range += 1
+                        continue
                     rejects.append((day_keys[reject_day], placed,
                                     jsonio.dumps(item, any_depth=True)))
                     continue
@@ -688,7 +703,8 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
             result.days[day] = _write_day(
                 spool, storage, day, zone, log, table,
                 partial_scan=incremental and since > day_start(day, zone),
-                only_if_added=day not in wanted_set, lease_wait_seconds=lease_wait_seconds)
+                only_if_added=day not in wanted_set, older=day < wanted[0],
+                lease_wait_seconds=lease_wait_seconds)
         for day, counts in filed.items():
             result.days[day].set_aside = dict(sorted(counts.items()))
     finally:
@@ -778,25 +794,31 @@ class _DigestingWriter:
 
 def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
                table: CsvTable | None, *, partial_scan: bool = False,
-               only_if_added: bool = False, lease_wait_seconds: float = 3600.0) -> DayFile:
+               only_if_added: bool = False, older: bool = False,
+               lease_wait_seconds: float = 3600.0) -> DayFile:
     """Merge the day's stored file into the spool and write the day's file and rejects.
 
     ``partial_scan``: the scan started after the day began (from the watermark), so stored
     events it did not see are expected. ``only_if_added``: leave the file alone when the scan
-    brought it nothing new (an older day seen only through the watermark's overlap). The day
-    is marked pending before its file is written (:mod:`.pending`), until an import of it.
+    brought it nothing new (an older day seen only through the watermark's overlap).
+    ``older``: a day before the scan's own, which is left unwritten when it has no stored file
+    (``DayFile.left_for_its_run``). A later day's file is written, for its own run's scan from
+    the watermark. The day is marked pending before its file is written (:mod:`.pending`),
+    until an import of it.
     """
     # Read, merge and rewrite under the day's lease: two scans writing one day at once (a
     # backfill beside the daily run, no pool limit) would each drop what only the other saw.
     with hold_lease(storage, storage.raw_lease_key(day), f"a scan in process {os.getpid()}",
                     log=log, wait_seconds=lease_wait_seconds) as lease:
         return _merge_and_write(spool, storage, day, zone, log, table, partial_scan=partial_scan,
-                                only_if_added=only_if_added, still_held=lease.check)
+                                only_if_added=only_if_added, older=older,
+                                still_held=lease.check)
 
 
 def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
                      table: CsvTable | None, *, partial_scan: bool,
-                     only_if_added: bool, still_held: Callable[[], None]) -> DayFile:
+                     only_if_added: bool, older: bool,
+                     still_held: Callable[[], None]) -> DayFile:
     key = day.isoformat()
     file_key = storage.raw_key(day)
     day_file = DayFile(day=day, path=storage.uri(file_key))
@@ -804,6 +826,12 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
     previous_digest = _merge_previous(spool, storage, file_key, key, zone, table,
                                       day_file.misplaced, unplaced)
     _count_events(spool, key, day_file)
+    if older and only_if_added and previous_digest is None:
+        # A file of its late events alone would show a day never materialized as done, short
+        # of every other event. Its own run (a backfill) starts its scan at the day's start,
+        # whatever the watermark, so it reads these with the rest.
+        day_file.left_for_its_run = True
+        return day_file
     if only_if_added and previous_digest is not None and day_file.added == 0:
         # The file stays as it was (lines that cannot be placed too); new rejects are kept.
         day_file.bytes = storage.size(file_key)

@@ -76,6 +76,19 @@ def _days_to_redo(context: dg.AssetExecutionContext, pigment: PigmentResource,
     return sorted(days | set(left)), set(left)
 
 
+def _raw_still_passes(context: dg.AssetExecutionContext, pigment: PigmentResource,
+                      day: date) -> bool:
+    """Whether a day left pending by an earlier run passes the blocking raw check, read from
+    its stored file: that run's failed check stopped its CSV and import, and this run's scan
+    did not check the day again. A day that fails stays pending, with a warning."""
+    verdict = checks.check_raw_file(pigment.storage(), day, pigment.zone())
+    if not verdict.passed:
+        context.log.warning(f"{day}: still pending, its CSV not written: its raw file fails "
+                            f"the check {checks.RAW_IDS_AND_DAYS} ({verdict.description}). "
+                            "Fix the file, then run the day.")
+    return verdict.passed
+
+
 def _report(context: dg.AssetExecutionContext, day: date, own: list[date],
             metadata: dict[str, Any]) -> None:
     """A day's metadata: on the run's own partition, or as a materialization of its own for an
@@ -134,6 +147,11 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
                 context.log.info(f"{day}: {day_file.added} event(s) kept in its raw file for "
                                  "the run that covers that day once it is complete.")
                 continue
+            elif day_file.left_for_its_run:
+                context.log.info(f"{day}: {day_file.added} late event(s) of a day not "
+                                 "materialized yet (it has no raw file): left for that day's "
+                                 "own run, whose scan reads them with the rest of the day.")
+                continue
             elif day_file.changed:  # an older day that gained late events: Dagster must know
                 context.log_event(dg.AssetMaterialization(
                     asset_key=context.asset_key, partition=day.isoformat(), metadata=metadata,
@@ -166,6 +184,8 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
         storage = pigment.storage()
         summaries = {}
         for day in days:
+            if day in only_pending and not _raw_still_passes(context, pigment, day):
+                continue
             try:
                 summary = pigment.write_day_csv(day, context.log,
                                                 owner=f"Dagster run {context.run.run_id}")
