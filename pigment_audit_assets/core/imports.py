@@ -94,7 +94,9 @@ class ImportOutcome:
     def rows_not_in_pigment(self) -> int:
         """Rows of ``unverified`` imports that Pigment's report says it did not take: the
         skipped ones, and those a short report does not account for."""
-        return sum(item["rows"] - item["taken"] for item in (self.unverified or {}).values()
+        # An import split between days (a zone change): each day is charged at most its rows.
+        return sum(min(item["rows"], item["importRows"] - item["taken"])
+                   for item in (self.unverified or {}).values()
                    if item["doubt"] in (SHORT, SKIPPED))
 
 
@@ -337,9 +339,15 @@ def doubt(entry: dict[str, Any]) -> str | None:
     if status != "Completed" or not report:
         return None
     if (report.get("blockType") != "Metric"
-            and taken(report) + int(report.get("skippedCount") or 0) != entry["rows"]):
+            and taken(report) + int(report.get("skippedCount") or 0) != import_rows(entry)):
         return SHORT
     return SKIPPED if int(report.get("skippedCount") or 0) else None
+
+
+def import_rows(entry: dict[str, Any]) -> int:
+    """The rows the entry's import carried: its own rows, unless ``pigment-audit-rezone``
+    split the import's events between days (``importRows``, what the report counts)."""
+    return int(entry.get("importRows") or entry["rows"])
 
 
 def taken(report: dict[str, Any]) -> int:
@@ -392,11 +400,12 @@ def unverified_in(record: dict[str, Any],
 def doubt_summary(entry: dict[str, Any], reason: str) -> dict[str, Any]:
     """What the import check and the metadata show of an import in :func:`doubt`."""
     report = entry.get("report") or {}
-    return {"doubt": reason, "rows": entry["rows"], "chunk": entry.get("chunk"),
+    return {"doubt": reason, "rows": entry["rows"], "importRows": import_rows(entry),
+            "chunk": entry.get("chunk"),
             "pushedAt": entry.get("pushedAt"),
             # A Metric import's counts are cells: its rows taken cannot be told.
             "taken": (taken(report) if report and report.get("blockType") != "Metric"
-                      else entry["rows"]),
+                      else import_rows(entry)),
             "skipped": int(report.get("skippedCount") or 0),
             "errors": list(report.get("errors") or []),
             "skippedReasons": dict(report.get("skippedReasons") or {})}

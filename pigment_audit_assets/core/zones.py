@@ -173,8 +173,10 @@ def _add_entry(entries: dict[tuple[Any, ...], dict[str, Any]], entry: dict[str, 
     known = entries.get(identity)
     if known is None:
         same = list(ids) == list(entry.get("eventIds", []))
-        entries[identity] = dict(entry) if same else {**entry, "eventIds": list(ids),
-                                                      "rows": len(ids)}
+        # Split, an entry keeps its import's rows: what Pigment's report counts.
+        entries[identity] = dict(entry) if same else {
+            **entry, "eventIds": list(ids), "rows": len(ids),
+            "importRows": entry.get("importRows", entry.get("rows", len(ids)))}
         return
     held = known.get("eventIds", [])  # an entry whose answer was lost may carry none
     merged = list(dict.fromkeys([*held, *ids]))

@@ -318,10 +318,10 @@ def check_import_reports(outcome: ImportOutcome,
     unknown: dict[str, int] = {}
     for key, item in doubtful.items():  # the day's earlier imports still in doubt too
         if item["doubt"] == SHORT and key not in short:
-            short[key] = {"rows_pushed": item["rows"],
+            short[key] = {"rows_pushed": item["importRows"],
                           "accounted_for": item["taken"] + item["skipped"]}
         elif item["doubt"] == SKIPPED and key not in skipped:
-            skipped[key] = {"rows": item["rows"], "skipped": item["skipped"],
+            skipped[key] = {"rows": item["importRows"], "skipped": item["skipped"],
                             "reasons": item["skippedReasons"], "errors": item["errors"]}
         elif item["doubt"] == STATUS_UNKNOWN:
             unknown[key] = item["rows"]
