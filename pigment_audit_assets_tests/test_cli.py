@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -159,3 +160,110 @@ def test_a_key_with_a_newline_is_refused_without_showing_it(stand_in: PigmentSta
     no_scheme = pigment_audit(stand_in, tmp_path, "--start-date", day, "--end-date", day,
                               PIGMENT_BASE_URL="pigment.app")
     assert no_scheme.returncode == 1 and "PIGMENT_BASE_URL='pigment.app'" in no_scheme.stderr
+
+
+# --- from a review of the command line (each failed on the code before) -----------------------
+
+def test_an_import_that_falls_short_or_skips_rows_keeps_the_csv_and_fails(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """Before, only a Failed import failed the command: a Completed one that accounted for
+    fewer rows than pushed exited 0 and deleted the CSV that held the missing rows."""
+    fill(stand_in)
+    for partly, expected in (({"unreported": 5}, "accounts for 85 of the 90 rows"),
+                             ({"skipped": 3, "reason": "Member not found"},
+                              "skipped 3 of the 90 rows (Member not found: 3)")):
+        stand_in.complete_next_import_partly(**partly)  # type: ignore[arg-type]
+        done = pigment_audit(stand_in, tmp_path, "--start-date", DAY.isoformat(),
+                             "--end-date", DAY.isoformat(), "--import-config", CONFIGURATION_ID)
+        assert done.returncode == 1, done.stderr
+        assert expected in done.stderr and "the CSV is kept" in done.stderr
+        assert len(csv_ids(tmp_path / "audit_data.csv")) == 90
+
+
+def test_the_output_file_keeps_its_link_and_its_permissions(stand_in: PigmentStandIn,
+                                                            tmp_path: Path) -> None:
+    fill(stand_in)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = shared / "audit.csv"
+    target.write_text("old report\n")
+    target.chmod(0o600)
+    (tmp_path / "audit_data.csv").symlink_to(target)
+    done = pigment_audit(stand_in, tmp_path, "--start-date", DAY.isoformat(), "--end-date",
+                         DAY.isoformat())
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "audit_data.csv").is_symlink()  # written through, not replaced
+    assert len(csv_ids(target)) == 90
+    assert target.stat().st_mode & 0o777 == 0o600  # a private file stays private
+
+
+def test_bad_settings_are_named_before_any_request(stand_in: PigmentStandIn,
+                                                   tmp_path: Path) -> None:
+    """Each was a traceback, some only after the whole scan."""
+    day = ("--start-date", DAY.isoformat(), "--end-date", DAY.isoformat())
+    cases: list[tuple[tuple[str, ...], dict[str, str], str]] = [
+        (("--output-file", ""), {}, "--output-file '' is not a file name"),
+        (("--output-file", "."), {}, "--output-file '.' is not a file name"),
+        (("--chunk-size", "1e308"), {}, "--chunk-size 1e+308 is too large"),
+        ((), {"PIGMENT_AUDIT_API_KEY": "k€y"}, "PIGMENT_AUDIT_API_KEY holds characters"),
+        (("--import-config", CONFIGURATION_ID), {"PIGMENT_IMPORT_API_KEY": "k€y"},
+         "PIGMENT_IMPORT_API_KEY holds characters"),
+        ((), {"PIGMENT_BASE_URL": "http://[::1"}, "PIGMENT_BASE_URL='http://[::1' is not a"),
+        ((), {"PIGMENT_AUDIT_SCRATCH_DIR": "~no-such-user-here/x"},
+         "PIGMENT_AUDIT_SCRATCH_DIR='~no-such-user-here/x'"),
+    ]
+    for args, env, expected in cases:
+        done = pigment_audit(stand_in, tmp_path, *day, *args, **env)
+        assert done.returncode == 1 and expected in done.stderr, (args, env, done.stderr)
+        assert "Traceback" not in done.stderr and "k€y" not in done.stderr
+    tokyo = pigment_audit(stand_in, tmp_path, "--start-date", "0001-01-01", "--end-date",
+                          "0001-01-01", PIGMENT_AUDIT_TIMEZONE="Asia/Tokyo")
+    assert tokyo.returncode == 1 and "out of the range of dates" in tokyo.stderr
+    assert "Traceback" not in tokyo.stderr
+    assert stand_in.request_counts["audit"] == 0
+
+
+def test_rejects_are_written_after_the_csv_and_an_earlier_runs_are_named(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    fill(stand_in)
+    no_id = {"eventType": "UserInvited", "eventTimestamp": f"{DAY}T11:59:00Z",
+             "ingestionTimestamp": f"{DAY}T12:00:00Z"}
+    stand_in.add_events([no_id])
+    day = ("--start-date", DAY.isoformat(), "--end-date", DAY.isoformat())
+    done = pigment_audit(stand_in, tmp_path, *day, "--output-file", "new/out.csv")
+    assert done.returncode == 0, done.stderr  # the rejects go in the folder made for the CSV
+    rejects = tmp_path / "new" / "out.csv.rejected.jsonl"
+    assert "UserInvited" in rejects.read_text()
+    again = pigment_audit(stand_in, tmp_path, "--start-date", (DAY - timedelta(days=1)).isoformat(),
+                          "--end-date", (DAY - timedelta(days=1)).isoformat(),
+                          "--output-file", "new/out.csv")
+    assert again.returncode == 0, again.stderr
+    assert f"'{Path('new/out.csv.rejected.jsonl')}' is from an earlier run" in again.stderr
+    assert "UserInvited" in rejects.read_text()  # left as it was
+
+
+def test_a_terminated_run_leaves_no_scratch_or_half_written_file(tmp_path: Path) -> None:
+    """SIGTERM (kill, timeout, a service stop) cleans up as Ctrl-C does."""
+    with PigmentStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY,
+                        configuration_ids=(CONFIGURATION_ID,), page_size=100) as slow:
+        slow.add_events(synthetic_events(DAY, 300, seed=4))
+        slow.inject(Fault("slow", endpoint="audit", delay=10))
+        scratch = tmp_path / "scratch"
+        environment = {key: value for key, value in os.environ.items()
+                       if not key.startswith("PIGMENT_")}
+        environment.update({"PIGMENT_BASE_URL": slow.base_url,
+                            "PIGMENT_AUDIT_API_KEY": AUDIT_KEY,
+                            "PIGMENT_AUDIT_SCRATCH_DIR": str(scratch)})
+        process = subprocess.Popen(
+            [str(COMMAND), "--start-date", DAY.isoformat(), "--end-date", DAY.isoformat()],
+            cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while slow.request_counts["audit"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the first request, not standing in for it
+        assert slow.request_counts["audit"] > 0
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Interrupted" in stderr
+    assert not scratch.exists() or list(scratch.iterdir()) == []
+    assert [path.name for path in tmp_path.iterdir() if path.name != "scratch"] == []

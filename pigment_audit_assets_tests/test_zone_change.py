@@ -81,6 +81,13 @@ def test_a_zone_change_is_refused_until_the_stored_days_are_moved(
                                "--storage", str(data), "--timezone", "Mars/Olympus"],
                               capture_output=True, text=True)
     assert bad_zone.returncode == 2 and "Mars/Olympus" in bad_zone.stderr
+    # A mistyped storage path: refused, not made into a new storage stamped with the zone.
+    mistyped = tmp_path / "dta"
+    refused = subprocess.run([str(Path(sys.executable).with_name("pigment-audit-rezone")),
+                              "--storage", str(mistyped), "--timezone", "Europe/Paris"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "holds no day files" in refused.stderr
+    assert not mistyped.exists()
 
 
 def test_the_days_a_zone_change_rewrites_are_marked_pending(tmp_path: Path) -> None:

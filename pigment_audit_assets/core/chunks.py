@@ -148,6 +148,9 @@ def chunk_size_bytes(chunk_size_mb: float, setting: str) -> int:
     sizes."""
     if not chunk_size_mb or not math.isfinite(chunk_size_mb) or chunk_size_mb <= 0:
         raise ConfigError(f"{setting} must be a positive number of megabytes, not {chunk_size_mb}.")
+    if not math.isfinite(chunk_size_mb * MEBIBYTE):
+        raise ConfigError(f"{setting} {chunk_size_mb} is too large: give a number of megabytes "
+                          "such as 480 (the community script's chunk size).")
     return int(chunk_size_mb * MEBIBYTE)
 
 

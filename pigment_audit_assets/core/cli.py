@@ -13,24 +13,33 @@ Exit codes: 0 done, 1 failed (Pigment, configuration, files), 2 bad arguments, 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import math
 import os
 import shutil
+import signal
+import sqlite3
 import sys
-import tempfile
-from datetime import date, datetime, timezone
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from .chunks import Chunk, chunk_size_bytes, write_chunks
 from .client import AUDIT_KEY_VARIABLE, IMPORT_KEY_VARIABLE, PigmentClient, check_base_url
 from .collect import fetch_days
-from .days import days_between, parse_zone
-from .errors import ConfigError, PigmentAuditError, PushAnswerLostError
-from .imports import summarize_report
-from .storage import LocalStorage
+from .days import day_start, days_between, parse_zone
+from .errors import ConfigError, PigmentAuditError, PushAnswerLostError, StorageError
+from .imports import SHORT, SKIPPED, doubt, summarize_report, taken
+from .storage import (
+    SCRATCH_VARIABLE,
+    LocalStorage,
+    atomic_write,
+    naming_scratch,
+    scratch_dir,
+)
 from .table import CsvTable
 
 DEFAULT_BASE_URL = "https://pigment.app"
@@ -147,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     # the command's CPU otherwise goes to walking them).
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
+    # kill, timeout and a service stop send SIGTERM (a closed terminal SIGHUP): they interrupt
+    # as Ctrl-C does, so scratch and half-written temporary files are removed on the way out.
+    previous = {stop: signal.signal(stop, _interrupt) for stop in _STOPS}
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -158,6 +170,47 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         log.error(f"File error: {error}")
         return 1
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+
+
+_STOPS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _check_output(text: str) -> Path:
+    """``--output-file`` as a path, refused before any request when it cannot be a file this
+    run can write: no name, a folder, or a folder (or the nearest existing one above it) this
+    user cannot write in."""
+    output = Path(text)
+    if not text or output.name in ("", ".", "..") or output.is_dir():
+        raise ConfigError(f"--output-file {text!r} is not a file name: give a path such as "
+                          "audit_data.csv.")
+    if output.is_symlink():
+        output = Path(os.path.realpath(output))
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    regular = not output.exists() or output.is_file()
+    if regular and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output-file {text!r}: the folder {str(folder)!r} is not writable "
+                          "by this user (the file is written beside it, then renamed): choose "
+                          "another folder.")
+    return Path(text)
+
+
+def _check_dates(first: date, last: date, zone: Any) -> None:
+    """The days' bounds in ``zone`` must be datetimes (0001-01-01 in Tokyo is not)."""
+    try:
+        day_start(first, zone)
+        day_start(last + timedelta(days=1), zone)
+    except OverflowError:
+        raise ConfigError(f"--start-date {first} / --end-date {last}: out of the range of "
+                          "dates this command can place events in.") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -170,30 +223,33 @@ def _run(args: argparse.Namespace) -> int:
                           "(--import-config was given).")
     chunk_bytes = chunk_size_bytes(args.chunk_size, "--chunk-size")
     zone = parse_zone(os.environ.get("PIGMENT_AUDIT_TIMEZONE") or "UTC")
+    _check_dates(args.start_date, args.end_date, zone)
     base_url = os.environ.get("PIGMENT_BASE_URL") or DEFAULT_BASE_URL
     check_base_url(base_url)
-    output = Path(args.output_file)
+    output = _check_output(args.output_file)
     client = PigmentClient(base_url, audit_key=audit_key, import_key=import_key or None, log=log)
-    with tempfile.TemporaryDirectory(prefix="pigment-audit-") as scratch, \
-            CsvTable(Path(scratch)) as table:
+    with scratch_dir("pigment-audit") as scratch, CsvTable(scratch) as table:
         storage = LocalStorage(scratch)
-        with _progress(desc="Fetching events", unit=" events", unit_scale=True) as bar:
+        with _progress(desc="Fetching events", unit=" events", unit_scale=True) as bar, \
+                naming_scratch(scratch, "keep the scan's events"), _scratch_full(scratch):
             # The CSV's rows are rendered during the scan, and no raw file is written: the
             # command line keeps only the CSV (and the rejects), as the script did.
             scan = fetch_days(client, days_between(args.start_date, args.end_date), zone,
                               storage, now=datetime.now(timezone.utc), log=log,
                               on_page=bar.update, table=table, raw_files=False)
-        _keep_rejects(scan.days.values(), output)
         events = sum(day.events for day in scan.days.values())
         log.info(f"API pass complete: {events:,} events in {len(scan.days)} day(s), "
                  f"{scan.audit_requests} request(s).")
         if events == 0:
+            _keep_rejects(scan.days.values(), output)
             log.warning("No event data found. CSV file will not be created.")
             return 0
         if len(table.kinds) != events:  # a bug, never bad data: refuse rather than drop rows
             raise PigmentAuditError(f"The CSV would hold {len(table.kinds):,} rows for "
                                     f"{events:,} events; nothing was written.")
         summary = table.write(output)
+        # After the CSV: interrupted before, the previous CSV and its rejects stay a pair.
+        _keep_rejects(scan.days.values(), output)
         if summary.collisions:
             log.warning(f"{summary.collisions} value(s) overwritten by a key that flattens to "
                         f"the same column: {dict(summary.collided_columns)}")
@@ -201,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.import_config:
             log.info(f"CSV file created successfully at {output}. Skipping Pigment import.")
             return 0
-        _push(client, output, args.import_config, chunk_bytes, Path(scratch) / "chunks")
+        _push(client, output, args.import_config, chunk_bytes, scratch / "chunks")
     if args.keep_file:
         log.info(f"Upload complete. Intermediate file kept as requested: {output}")
     else:
@@ -210,13 +266,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _scratch_full(scratch: Path) -> Iterator[None]:
+    """SQLite's "database or disk is full" (the scan's spool past its memory budget) as the
+    scratch folder's full disk, naming ``PIGMENT_AUDIT_SCRATCH_DIR``."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        if "full" not in str(error):
+            raise
+        raise StorageError(f"Could not keep the scan's events in the scratch folder {scratch} "
+                           f"({error}): free space there, or set {SCRATCH_VARIABLE} to a local "
+                           "folder with more room.") from error
+
+
 def _keep_rejects(days: object, output: Path) -> None:
-    """Copy the scan's rejected events next to the output: never silently dropped."""
+    """Copy the scan's rejected events next to the output, whole or not at all: never
+    silently dropped. Without any, a rejects file of an earlier run is left, and named."""
     paths = [day.rejected_path for day in days if day.rejected]  # type: ignore[attr-defined]
-    if not paths:
-        return
     target = output.with_name(output.name + ".rejected.jsonl")
-    with open(target, "wb") as joined:
+    if not paths:
+        if target.exists():
+            log.warning(f"'{target}' is from an earlier run (this one rejected no event); "
+                        "it was left as it is.")
+        return
+    with atomic_write(target) as joined:
         for path in paths:
             with open(path, "rb") as part:
                 shutil.copyfileobj(part, joined)
@@ -228,35 +302,46 @@ def _push(client: PigmentClient, csv_path: Path, configuration_id: str, chunk_by
     with open(csv_path, "rb") as source:  # chunks are byte ranges of it: open until pushed
         chunks = write_chunks(source, chunk_bytes, work, setting="--chunk-size", in_place=True)
         import_ids, failed = _send_chunks(client, csv_path, configuration_id, chunks)
-    for import_id in import_ids:
+    for import_id, rows in import_ids:
         report = summarize_report(client.wait_for_import(import_id))
         log.info(f"Import {import_id}: {report['status']} (inserted {report['insertedCount']}, "
                  f"updated {report['updatedCount']}, skipped {report['skippedCount']})")
+        verdict = doubt({"status": report["status"], "report": report, "rows": rows})
         if report["status"] == "Failed":
             failed.append(f"{import_id}: {'; '.join(report['errors']) or 'no details'}")
+        elif verdict == SHORT:  # as the assets' import check: every row must be accounted for
+            failed.append(f"{import_id}: Pigment's report accounts for "
+                          f"{taken(report) + report['skippedCount']:,} of the {rows:,} rows "
+                          "pushed")
+        elif verdict == SKIPPED:
+            reasons = "; ".join(f"{reason}: {count}"
+                                for reason, count in report["skippedReasons"].items())
+            failed.append(f"{import_id}: Pigment skipped {report['skippedCount']:,} of the "
+                          f"{rows:,} rows" + (f" ({reasons})" if reasons else ""))
     if failed:
         raise PigmentAuditError("Some imports failed or could not be confirmed, the CSV is "
                                 "kept: " + " | ".join(failed))
 
 
 def _send_chunks(client: PigmentClient, csv_path: Path, configuration_id: str,
-                 chunks: list[Chunk]) -> tuple[list[str], list[str]]:
-    """Push each chunk; the import ids Pigment gave, and the chunks whose answer was lost."""
-    import_ids: list[str] = []
+                 chunks: list[Chunk]) -> tuple[list[tuple[str, int]], list[str]]:
+    """Push each chunk; the import ids Pigment gave (with the chunk's rows), and the chunks
+    whose answer was lost."""
+    import_ids: list[tuple[str, int]] = []
     failed: list[str] = []
     with _progress(total=sum(chunk.bytes for chunk in chunks), unit="B", unit_scale=True,
                    unit_divisor=1024, desc=f"Uploading {csv_path.name}") as bar:
         for chunk in chunks:
             log.info(f"Sending chunk #{chunk.index} ({chunk.bytes / 1_048_576:.2f} MB)...")
             try:
-                import_ids.append(client.push_csv(configuration_id, chunk))
+                import_ids.append((client.push_csv(configuration_id, chunk), chunk.rows))
             except PushAnswerLostError as error:
                 # Pigment started the import: pushing the chunk again would import it twice.
                 # Go on with the rest, and fail at the end so the user checks this one.
                 log.warning(f"Chunk #{chunk.index}: {error}")
                 failed.append(f"chunk #{chunk.index}: import started, its id was lost")
             else:
-                log.info(f"Chunk #{chunk.index} accepted as import {import_ids[-1]}.")
+                log.info(f"Chunk #{chunk.index} accepted as import {import_ids[-1][0]}.")
             bar.update(chunk.bytes)
     return import_ids, failed
 

@@ -163,7 +163,12 @@ def shared_pacer(limit: int = 500, window_seconds: float = 300.0) -> RequestPace
 
 def check_base_url(url: str) -> None:
     """A ConfigError naming PIGMENT_BASE_URL unless ``url`` is an http(s) URL with a host."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018  (a bad port or IPv6 host raises only when read)
+    except ValueError as error:
+        raise ConfigError(f"PIGMENT_BASE_URL={url!r} is not a valid URL ({error}); set it to "
+                          "an http(s) URL such as https://pigment.app.") from None
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError(f"PIGMENT_BASE_URL={url!r} is not an http(s) URL such as "
                           "https://pigment.app.")
@@ -177,6 +182,10 @@ def _check_key(key: str | None, variable: str) -> None:
     if key and (key != key.strip() or any(ord(char) < 32 or char == "\x7f" for char in key)):
         raise ConfigError(f"{variable} has spaces, a newline or other control characters "
                           "around or in it: set it to the key alone.")
+    if key and not key.isascii():  # an HTTP header cannot carry it (a quote pasted as ’, say)
+        raise ConfigError(f"{variable} holds characters that are not ASCII (a typographic "
+                          "quote or a lookalike letter, say): set it to the key alone, as "
+                          "Pigment shows it.")
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

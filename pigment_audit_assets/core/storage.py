@@ -22,6 +22,7 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -48,8 +49,12 @@ UPLOAD_PART_BYTES = 8 * 1024 * 1024  # multipart above this; S3's parts must be 
 def scratch_root() -> Path:
     """The local folder for scratch: ``PIGMENT_AUDIT_SCRATCH_DIR``, else the system's temp."""
     configured = os.environ.get(SCRATCH_VARIABLE)
-    root = Path(configured).expanduser() if configured else (
-        Path(tempfile.gettempdir()) / "pigment_audit_scratch")
+    try:
+        root = Path(configured).expanduser() if configured else (
+            Path(tempfile.gettempdir()) / "pigment_audit_scratch")
+    except RuntimeError as error:  # ~user of no such user
+        raise ConfigError(f"{SCRATCH_VARIABLE}={configured!r}: {error}: set it to a local "
+                          "folder.") from None
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -118,12 +123,28 @@ def remove_stale_scratch(older_than_seconds: float = STALE_SCRATCH_SECONDS) -> l
 def atomic_write(path: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was. A symbolic
+    link is written through (its target is replaced, the link stays), an existing file keeps
+    its permissions (a private file stays private), and what is not a regular file (a device
+    such as ``/dev/stdout``, a pipe) is written in place: it cannot be renamed over.
     """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    try:
+        existing = path.stat()
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode) \
+            and not stat.S_ISDIR(existing.st_mode):
+        with open(path, mode, **open_kwargs) as handle:
+            yield handle
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temporary, mode, **open_kwargs) as handle:
+            if existing is not None:
+                os.chmod(temporary, stat.S_IMODE(existing.st_mode))
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

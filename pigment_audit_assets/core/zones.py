@@ -204,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log = logging.getLogger("pigment-audit-rezone")
     try:
-        rezone(storage_from_url(args.storage), parse_zone(args.timezone), log)
+        storage = storage_from_url(args.storage)
+        if not storage.list("raw/"):  # a mistyped path would get a new, empty storage
+            raise ConfigError(f"--storage {args.storage!r} holds no day files (raw/): check "
+                              f"the path, as in {STORAGE_VARIABLE}.")
+        rezone(storage, parse_zone(args.timezone), log)
     except PigmentAuditError as error:
         log.error(str(error))
         return 2 if isinstance(error, ConfigError) else 1
