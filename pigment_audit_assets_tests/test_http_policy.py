@@ -7,6 +7,7 @@ keeps every call of a process within its window. Waits are measured loosely, nev
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -24,6 +25,7 @@ from pigment_audit_assets_tests.conftest import (
     CONFIGURATION_ID,
     DAY,
     IMPORT_KEY,
+    log,
     make_client,
 )
 from pigment_audit_assets_tests.stand_in import Fault, PigmentStandIn
@@ -323,3 +325,25 @@ def test_proxies_come_from_the_environment_once(monkeypatch: pytest.MonkeyPatch)
     assert client._session.verify == "/etc/corporate-ca.pem"
     monkeypatch.setenv("NO_PROXY", "pigment.app")
     assert not PigmentClient("https://pigment.app", audit_key=AUDIT_KEY)._session.proxies
+
+
+def test_a_wrong_api_host_is_named_as_the_thing_to_fix(stand_in: PigmentStandIn) -> None:
+    """A path after the host (404 on the audit), or a host that answers nothing: before, the
+    first was 'Pigment answered 404 to a audit request', the second only 'try again later'."""
+    since = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with_path = PigmentClient(stand_in.base_url + "/api", audit_key=AUDIT_KEY, log=log,
+                              retry=RetryPolicy(patience_seconds=2, min_backoff_seconds=0.01,
+                                                max_backoff_seconds=0.05))
+    with pytest.raises(PigmentApiError) as wrong_path:
+        next(iter(with_path.iter_audit_pages(since)))
+    assert "PIGMENT_BASE_URL" in str(wrong_path.value) and "(404)" in str(wrong_path.value)
+    with socket.socket() as closed:  # a port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    nobody = PigmentClient(f"http://127.0.0.1:{port}", audit_key=AUDIT_KEY, log=log,
+                           retry=RetryPolicy(patience_seconds=0.5, min_backoff_seconds=0.01,
+                                             max_backoff_seconds=0.05))
+    with pytest.raises(PigmentUnavailableError) as unreached:
+        next(iter(nobody.iter_audit_pages(since)))
+    assert f"If http://127.0.0.1:{port} is not Pigment's API" in str(unreached.value)
+    assert "PIGMENT_BASE_URL" in str(unreached.value)

@@ -102,10 +102,17 @@ class Log(Protocol):
 class _Retryable(Exception):
     """A failure that a later attempt may not repeat."""
 
-    def __init__(self, what: str, retry_after: float | None = None) -> None:
+    def __init__(self, what: str, retry_after: float | None = None, *,
+                 unreached: bool = False) -> None:
         super().__init__(what)
         self.what = what
         self.retry_after = retry_after
+        self.unreached = unreached  # no answer at all: the host itself may be wrong
+
+
+# What to check when the API host answers nothing, or 404 to the audit: both settings' names.
+_HOST_HELP = ("check the API host, PIGMENT_BASE_URL (or the resource's base_url): Pigment's "
+              "host, such as https://pigment.app, with no path")
 
 
 @dataclass(frozen=True)
@@ -343,7 +350,8 @@ class PigmentClient:
                     stream=True,
                 )
             except _BROKEN as error:
-                raise _Retryable(f"{type(error).__name__} from {method} {path}") from None
+                raise _Retryable(f"{type(error).__name__} from {method} {path}",
+                                 unreached=True) from None
             except requests.RequestException as error:
                 # InvalidHeader, InvalidURL...: a setting is wrong; their text may hold the key.
                 raise PigmentApiError(self._redact(
@@ -392,7 +400,10 @@ class PigmentClient:
         except _Retryable as error:
             raise PigmentUnavailableError(
                 f"Pigment kept failing for {self.retry.patience_seconds:.0f} s (last: "
-                f"{error.what}). Try again later, or raise the retry patience."
+                f"{error.what}). "
+                + (f"If {self.base_url} is not Pigment's API, {_HOST_HELP}; otherwise try "
+                   "again later." if error.unreached else
+                   "Try again later, or raise the retry patience.")
             ) from None
 
     def _stop(self, state: RetryCallState) -> bool:
@@ -449,11 +460,13 @@ class PigmentClient:
                        "an import configuration, shown in the application's import settings.")
         elif status == 404 and kind == "status":
             message = f"Pigment has no status for {context} (404)."
+        elif status == 404 and kind == "audit":
+            message = f"Pigment's Audit API was not found at {response.url} (404): {_HOST_HELP}."
         elif status == 400 and kind == "push":
             # The client serves both the assets and the command line: name both settings.
             message = (f"Pigment rejected the push into {context} (400: bad request or size "
                        "limit exceeded): lower the chunk size (chunk_size_mb of PigmentResource, "
                        f"or pigment-audit --chunk-size). Pigment said: {detail}")
         else:
-            message = f"Pigment answered {status} to a {kind} request. Pigment said: {detail}"
+            message = f"Pigment answered {status} to the {kind} request. Pigment said: {detail}"
         return PigmentApiError(message, status)
