@@ -817,8 +817,8 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
 
 def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: Log,
                      table: CsvTable | None, *, partial_scan: bool,
-                     only_if_added: bool, older: bool,
-                     still_held: Callable[[], None]) -> DayFile:
+                     only_if_added: bool, still_held: Callable[[], None],
+                     older: bool = False) -> DayFile:
     key = day.isoformat()
     file_key = storage.raw_key(day)
     day_file = DayFile(day=day, path=storage.uri(file_key))

@@ -81,7 +81,10 @@ def _raw_still_passes(context: dg.AssetExecutionContext, pigment: PigmentResourc
     """Whether a day left pending by an earlier run passes the blocking raw check, read from
     its stored file: that run's failed check stopped its CSV and import, and this run's scan
     did not check the day again. A day that fails stays pending, with a warning."""
-    verdict = checks.check_raw_file(pigment.storage(), day, pigment.zone())
+    try:
+        verdict = checks.check_raw_file(pigment.storage(), day, pigment.zone())
+    except (OSError, PigmentAuditError):  # unreadable: writing its CSV fails and says why
+        return True
     if not verdict.passed:
         context.log.warning(f"{day}: still pending, its CSV not written: its raw file fails "
                             f"the check {checks.RAW_IDS_AND_DAYS} ({verdict.description}). "
