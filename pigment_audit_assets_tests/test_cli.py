@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -234,8 +235,8 @@ def test_rejects_are_written_after_the_csv_and_an_earlier_runs_are_named(
     assert done.returncode == 0, done.stderr  # the rejects go in the folder made for the CSV
     rejects = tmp_path / "new" / "out.csv.rejected.jsonl"
     assert "UserInvited" in rejects.read_text()
-    again = pigment_audit(stand_in, tmp_path, "--start-date", (DAY - timedelta(days=1)).isoformat(),
-                          "--end-date", (DAY - timedelta(days=1)).isoformat(),
+    later = (DAY + timedelta(days=1)).isoformat()  # its scan starts after the reject came
+    again = pigment_audit(stand_in, tmp_path, "--start-date", later, "--end-date", later,
                           "--output-file", "new/out.csv")
     assert again.returncode == 0, again.stderr
     assert f"'{Path('new/out.csv.rejected.jsonl')}' is from an earlier run" in again.stderr
@@ -267,3 +268,63 @@ def test_a_terminated_run_leaves_no_scratch_or_half_written_file(tmp_path: Path)
     assert "Interrupted" in stderr
     assert not scratch.exists() or list(scratch.iterdir()) == []
     assert [path.name for path in tmp_path.iterdir() if path.name != "scratch"] == []
+
+
+def test_the_csv_can_go_to_standard_output_through_a_pipe(stand_in: PigmentStandIn,
+                                                          tmp_path: Path) -> None:
+    fill(stand_in)
+    done = pigment_audit(stand_in, tmp_path, "--start-date", DAY.isoformat(), "--end-date",
+                         DAY.isoformat(), "--output-file", "/dev/stdout")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(done.stdout.splitlines()))
+    assert sorted(row["id"] for row in rows) == sorted(
+        event["id"] for event in stand_in.visible_events(event_day=DAY))
+
+
+def test_a_linked_csv_is_deleted_with_its_link_after_the_push(stand_in: PigmentStandIn,
+                                                              tmp_path: Path) -> None:
+    """Before, only the link went: the CSV (user e-mails included) stayed at its target."""
+    fill(stand_in)
+    target = tmp_path / "shared" / "audit.csv"
+    target.parent.mkdir()
+    (tmp_path / "audit_data.csv").symlink_to(Path("shared") / "audit.csv")
+    done = pigment_audit(stand_in, tmp_path, "--start-date", DAY.isoformat(), "--end-date",
+                         DAY.isoformat(), "--import-config", CONFIGURATION_ID)
+    assert done.returncode == 0, done.stderr
+    assert not target.exists() and not (tmp_path / "audit_data.csv").is_symlink()
+    assert len(stand_in.pushed_rows()) == 90
+
+
+def test_a_run_under_nohup_outlives_a_hangup(tmp_path: Path) -> None:
+    with PigmentStandIn(audit_key=AUDIT_KEY, import_key=IMPORT_KEY,
+                        configuration_ids=(CONFIGURATION_ID,), page_size=100) as slow:
+        slow.add_events(synthetic_events(DAY, 300, seed=4))
+        slow.inject(Fault("slow", endpoint="audit", delay=2))
+        environment = {key: value for key, value in os.environ.items()
+                       if not key.startswith("PIGMENT_")}
+        environment.update({"PIGMENT_BASE_URL": slow.base_url,
+                            "PIGMENT_AUDIT_API_KEY": AUDIT_KEY})
+        process = subprocess.Popen(
+            [str(COMMAND), "--start-date", DAY.isoformat(), "--end-date", DAY.isoformat()],
+            cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup does
+        deadline = time.monotonic() + 60
+        while slow.request_counts["audit"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the first request, not standing in for it
+        process.send_signal(signal.SIGHUP)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert len(csv_ids(tmp_path / "audit_data.csv")) == 300
+
+
+def test_a_reject_ingested_after_the_range_is_kept_by_the_command_line(
+        stand_in: PigmentStandIn, tmp_path: Path) -> None:
+    """The command line has no later run to file it: it goes in this run's rejects."""
+    fill(stand_in)
+    later = DAY + timedelta(days=1)
+    stand_in.add_events([{"eventType": "UserInvited", "eventTimestamp": f"{later}T11:59:00Z",
+                          "ingestionTimestamp": f"{later}T12:00:00Z"}])
+    done = pigment_audit(stand_in, tmp_path, "--start-date", DAY.isoformat(), "--end-date",
+                         DAY.isoformat())
+    assert done.returncode == 0, done.stderr
+    assert "UserInvited" in (tmp_path / "audit_data.csv.rejected.jsonl").read_text()

@@ -192,13 +192,11 @@ def test_the_scheduled_request_runs_as_one_ranged_run(stand_in: PigmentStandIn,
         result = run_job(defs, dict(request.tags), instance)
         assert result.success
         assert len(instance.get_runs()) == 1
-    # The run's days. The day before them was never materialized: the late events of it that
-    # the scan found are left for its own run (its file would hold them alone).
+    # The run's days, and the day before them if the scan found late events of it.
     before = days[0] - timedelta(days=1)
     late_before = [event for event in stand_in.visible_events(event_day=before)
                    if event["ingestionTimestamp"] >= f"{days[0].isoformat()}T00:00:00"]
-    assert late_before  # the synthetic day has late events: the case is exercised
-    expected_keys = [day.isoformat() for day in days]
+    expected_keys = [day.isoformat() for day in ([before] if late_before else []) + days]
     for node in NODES:
         keys = sorted(m.partition or "" for m in result.asset_materializations_for_node(node))
         assert keys == expected_keys, node
@@ -208,11 +206,13 @@ def test_the_scheduled_request_runs_as_one_ranged_run(stand_in: PigmentStandIn,
     for day in days:
         assert sorted(raw_ids(tmp_path, day)) == truth_ids(stand_in, day) != [], day
         truth += truth_ids(stand_in, day)
+    truth += [event["id"] for event in late_before]  # late events of the day before, placed
     assert sorted(row["id"] for row in stand_in.pushed_rows()) == sorted(truth)
     # The tick's own day is not complete: what the scan saw of it waits in its raw file for
-    # the next tick, with no materialization. The day before has no file.
+    # the next tick, with no materialization. The day before holds just its late events.
     storage = LocalStorage(tmp_path)
     today = [orjson.loads(line)["id"] for line in
              storage.raw_path(days[-1] + timedelta(days=1)).read_bytes().splitlines()]
     assert today and set(today) <= set(truth_ids(stand_in, days[-1] + timedelta(days=1)))
-    assert not storage.raw_path(before).exists()
+    if late_before:
+        assert sorted(raw_ids(tmp_path, before)) == sorted(e["id"] for e in late_before)

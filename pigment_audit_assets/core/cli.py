@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(20_000, 10, 10)
     # kill, timeout and a service stop send SIGTERM (a closed terminal SIGHUP): they interrupt
     # as Ctrl-C does, so scratch and half-written temporary files are removed on the way out.
-    previous = {stop: signal.signal(stop, _interrupt) for stop in _STOPS}
+    # A signal already ignored (SIGHUP under nohup) stays ignored.
+    previous = {stop: signal.signal(stop, _interrupt) for stop in _STOPS
+                if signal.getsignal(stop) is not signal.SIG_IGN}
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -190,13 +192,14 @@ def _check_output(text: str) -> Path:
     if not text or output.name in ("", ".", "..") or output.is_dir():
         raise ConfigError(f"--output-file {text!r} is not a file name: give a path such as "
                           "audit_data.csv.")
+    if output.exists() and not output.is_file():  # a device or a pipe: written in place
+        return output
     if output.is_symlink():
         output = Path(os.path.realpath(output))
     folder = output.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    regular = not output.exists() or output.is_file()
-    if regular and not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"--output-file {text!r}: the folder {str(folder)!r} is not writable "
                           "by this user (the file is written beside it, then renamed): choose "
                           "another folder.")
@@ -260,8 +263,12 @@ def _run(args: argparse.Namespace) -> int:
         _push(client, output, args.import_config, chunk_bytes, scratch / "chunks")
     if args.keep_file:
         log.info(f"Upload complete. Intermediate file kept as requested: {output}")
+    elif output.exists() and not output.is_file():
+        log.info(f"Upload complete. {output} is not a regular file: nothing to delete.")
     else:
         log.info(f"Upload complete. Deleting intermediate file: {output}")
+        if output.is_symlink():  # the CSV is the link's target: it goes, then the link
+            Path(os.path.realpath(output)).unlink()
         output.unlink()
     return 0
 

@@ -111,9 +111,9 @@ class DayFile:
     lines_written: int | None = None  # None: the file was left as it was
     # Events kept from the file's previous version that belong to another day: (id, day).
     misplaced: list[tuple[str, str]] = field(default_factory=list)
-    # An older day the daily scan brought late events to, with no raw file: it was never
-    # materialized, and nothing was written (its own run's scan reads those events).
-    left_for_its_run: bool = False
+    # An older day the daily scan brought late events to, which had no raw file: its new file
+    # holds what daily scans saw of it, which is the whole day only if a daily scan covered it.
+    first_file_from_late_events: bool = False
 
 
 @dataclass
@@ -633,8 +633,10 @@ def _scan(client: PigmentClient, wanted: list[date], zone: ZoneInfo, storage: St
             for item in page:
                 placed = place(item)
                 if isinstance(placed, str):
+                    # A backfill leaves a later reject to its own day's run; the daily scan
+                    # and the command line (no later run) file it here.
                     reject_day = _reject_day(item, wanted_set, wanted[0], zone,
-                                             None if unreachable else wanted[-1])
+                                             None if unreachable or rows_only else wanted[-1])
                     if reject_day is None:  # its own day's run files it
                         result.outside_range += 1
                         continue
@@ -801,10 +803,9 @@ def _write_day(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo, log: 
     ``partial_scan``: the scan started after the day began (from the watermark), so stored
     events it did not see are expected. ``only_if_added``: leave the file alone when the scan
     brought it nothing new (an older day seen only through the watermark's overlap).
-    ``older``: a day before the scan's own, which is left unwritten when it has no stored file
-    (``DayFile.left_for_its_run``). A later day's file is written, for its own run's scan from
-    the watermark. The day is marked pending before its file is written (:mod:`.pending`),
-    until an import of it.
+    ``older``: a day before the scan's own; without a stored file its new file is flagged
+    (``DayFile.first_file_from_late_events``). The day is marked pending before its file is
+    written (:mod:`.pending`), until an import of it.
     """
     # Read, merge and rewrite under the day's lease: two scans writing one day at once (a
     # backfill beside the daily run, no pool limit) would each drop what only the other saw.
@@ -826,12 +827,9 @@ def _merge_and_write(spool: _Spool, storage: Storage, day: date, zone: ZoneInfo,
     previous_digest = _merge_previous(spool, storage, file_key, key, zone, table,
                                       day_file.misplaced, unplaced)
     _count_events(spool, key, day_file)
-    if older and only_if_added and previous_digest is None:
-        # A file of its late events alone would show a day never materialized as done, short
-        # of every other event. Its own run (a backfill) starts its scan at the day's start,
-        # whatever the watermark, so it reads these with the rest.
-        day_file.left_for_its_run = True
-        return day_file
+    # Written all the same: the watermark moves past these events, and a day whose daily run
+    # failed has its events nowhere else. Its materialization says what the file may lack.
+    day_file.first_file_from_late_events = older and only_if_added and previous_digest is None
     if only_if_added and previous_digest is not None and day_file.added == 0:
         # The file stays as it was (lines that cannot be placed too); new rejects are kept.
         day_file.bytes = storage.size(file_key)

@@ -128,10 +128,8 @@ def atomic_write(path: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[I
     its permissions (a private file stays private), and what is not a regular file (a device
     such as ``/dev/stdout``, a pipe) is written in place: it cannot be renamed over.
     """
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
     try:
-        existing = path.stat()
+        existing = path.stat()  # through a link: /dev/stdout is a link to a pipe or a terminal
     except FileNotFoundError:
         existing = None
     if existing is not None and not stat.S_ISREG(existing.st_mode) \
@@ -139,6 +137,8 @@ def atomic_write(path: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[I
         with open(path, mode, **open_kwargs) as handle:
             yield handle
         return
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:

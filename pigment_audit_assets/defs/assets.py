@@ -76,6 +76,12 @@ def _days_to_redo(context: dg.AssetExecutionContext, pigment: PigmentResource,
     return sorted(days | set(left)), set(left)
 
 
+# What the materialization of an older day whose first file came from late events says.
+_FIRST_FILE_NOTE = (" The day had no raw file before: it holds what daily scans saw of it, the "
+                    "whole day only if a daily run covered it. If none did (a day before this "
+                    "deployment's first daily run), materialize the day to read the rest.")
+
+
 def _raw_still_passes(context: dg.AssetExecutionContext, pigment: PigmentResource,
                       day: date) -> bool:
     """Whether a day left pending by an earlier run passes the blocking raw check, read from
@@ -150,15 +156,15 @@ def build_assets(partitions_def: dg.PartitionsDefinition, *,
                 context.log.info(f"{day}: {day_file.added} event(s) kept in its raw file for "
                                  "the run that covers that day once it is complete.")
                 continue
-            elif day_file.left_for_its_run:
-                context.log.info(f"{day}: {day_file.added} late event(s) of a day not "
-                                 "materialized yet (it has no raw file): left for that day's "
-                                 "own run, whose scan reads them with the rest of the day.")
-                continue
             elif day_file.changed:  # an older day that gained late events: Dagster must know
+                description = f"{day_file.added} late event(s) placed by a daily scan."
+                if day_file.first_file_from_late_events:
+                    description += _FIRST_FILE_NOTE
+                    context.log.warning(f"{day}: {day_file.added} late event(s) written to a new "
+                                        "raw file." + _FIRST_FILE_NOTE)
                 context.log_event(dg.AssetMaterialization(
                     asset_key=context.asset_key, partition=day.isoformat(), metadata=metadata,
-                    description=f"{day_file.added} late event(s) placed by a daily scan."))
+                    description=description))
             else:
                 continue
             reported.append(day)

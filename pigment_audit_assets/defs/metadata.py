@@ -35,6 +35,8 @@ def raw_day_metadata(day_file: DayFile) -> dict[str, Any]:
         # filed in this day's rejects: by their own day.
         "events_set_aside": dg.MetadataValue.json(day_file.set_aside),
         "empty_day": day_file.events == 0,
+        # Its first file came from a daily scan's late events: see the materialization's text.
+        "first_file_from_late_events": day_file.first_file_from_late_events,
     }
 
 
