@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pigment_audit_assets.core import collect
+from pigment_audit_assets.core.days import parse_zone
 from pigment_audit_assets.core.errors import ConfigError, StorageError
 from pigment_audit_assets.core.imports import push_day
 from pigment_audit_assets.core.storage import (
@@ -25,15 +28,18 @@ from pigment_audit_assets.core.storage import (
     LocalStorage,
     ObjectStorage,
     Storage,
+    naming_scratch,
     storage_from_url,
 )
 from pigment_audit_assets_tests.conftest import (
     CONFIGURATION_ID,
     S3_ENVIRONMENT,
+    STAND_IN_NOW,
     make_client,
     s3_client,
 )
 from pigment_audit_assets_tests.stand_in import PigmentStandIn
+from pigment_audit_assets_tests.synthetic import synthetic_events
 
 DAY = date(2026, 11, 20)
 
@@ -298,3 +304,29 @@ def test_a_push_on_a_full_scratch_disk_names_the_scratch_setting(
     assert "PIGMENT_AUDIT_STORAGE_URL" not in str(raised.value)
     assert stand_in.request_counts["push"] == 0
     assert not storage.exists(storage.import_record_key(DAY))
+
+
+def test_a_scan_spilling_to_a_full_scratch_disk_names_the_scratch_setting(
+        tmp_path: Path, full_scratch: Path, stand_in: PigmentStandIn,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan's spool spills to SQLite in scratch past its memory budget: SQLite's "database
+    or disk is full" there names PIGMENT_AUDIT_SCRATCH_DIR (for the assets and the command
+    line alike), and no raw file is written."""
+    stand_in.add_events(synthetic_events(DAY, 500, seed=3))
+    monkeypatch.setattr(collect, "MEMORY_BUDGET", 1)  # spill at once
+    storage = LocalStorage(tmp_path / "data")
+    with pytest.raises(StorageError, match=r"scratch folder.*PIGMENT_AUDIT_SCRATCH_DIR"):
+        collect.fetch_days(make_client(stand_in), [DAY], parse_zone("UTC"), storage,
+                           now=STAND_IN_NOW, log=logging.getLogger(__name__))
+    assert not storage.raw_path(DAY).exists()
+
+
+def test_sqlites_full_disk_in_scratch_names_the_scratch_setting(tmp_path: Path) -> None:
+    """SQLite reports a full disk as its own error, not an OSError: named the same way; any
+    other SQLite error passes through."""
+    with pytest.raises(StorageError, match=r"database or disk is full.*PIGMENT_AUDIT_SCRATCH"), \
+            naming_scratch(tmp_path, "keep the scan's events"):
+        raise sqlite3.OperationalError("database or disk is full")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"), \
+            naming_scratch(tmp_path, "keep the scan's events"):
+        raise sqlite3.OperationalError("no such table: spool")

@@ -13,16 +13,13 @@ Exit codes: 0 done, 1 failed (Pigment, configuration, files), 2 bad arguments, 1
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import logging
 import math
 import os
 import shutil
 import signal
-import sqlite3
 import sys
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,15 +28,9 @@ from .chunks import Chunk, chunk_size_bytes, write_chunks
 from .client import AUDIT_KEY_VARIABLE, IMPORT_KEY_VARIABLE, PigmentClient, check_base_url
 from .collect import fetch_days
 from .days import day_start, days_between, parse_zone
-from .errors import ConfigError, PigmentAuditError, PushAnswerLostError, StorageError
+from .errors import ConfigError, PigmentAuditError, PushAnswerLostError
 from .imports import SHORT, SKIPPED, doubt, summarize_report, taken
-from .storage import (
-    SCRATCH_VARIABLE,
-    LocalStorage,
-    atomic_write,
-    naming_scratch,
-    scratch_dir,
-)
+from .storage import LocalStorage, atomic_write, scratch_dir
 from .table import CsvTable
 
 DEFAULT_BASE_URL = "https://pigment.app"
@@ -233,8 +224,7 @@ def _run(args: argparse.Namespace) -> int:
     client = PigmentClient(base_url, audit_key=audit_key, import_key=import_key or None, log=log)
     with scratch_dir("pigment-audit") as scratch, CsvTable(scratch) as table:
         storage = LocalStorage(scratch)
-        with _progress(desc="Fetching events", unit=" events", unit_scale=True) as bar, \
-                naming_scratch(scratch, "keep the scan's events"), _scratch_full(scratch):
+        with _progress(desc="Fetching events", unit=" events", unit_scale=True) as bar:
             # The CSV's rows are rendered during the scan, and no raw file is written: the
             # command line keeps only the CSV (and the rejects), as the script did.
             scan = fetch_days(client, days_between(args.start_date, args.end_date), zone,
@@ -271,20 +261,6 @@ def _run(args: argparse.Namespace) -> int:
             Path(os.path.realpath(output)).unlink()
         output.unlink()
     return 0
-
-
-@contextlib.contextmanager
-def _scratch_full(scratch: Path) -> Iterator[None]:
-    """SQLite's "database or disk is full" (the scan's spool past its memory budget) as the
-    scratch folder's full disk, naming ``PIGMENT_AUDIT_SCRATCH_DIR``."""
-    try:
-        yield
-    except sqlite3.OperationalError as error:
-        if "full" not in str(error):
-            raise
-        raise StorageError(f"Could not keep the scan's events in the scratch folder {scratch} "
-                           f"({error}): free space there, or set {SCRATCH_VARIABLE} to a local "
-                           "folder with more room.") from error
 
 
 def _keep_rejects(days: object, output: Path) -> None:

@@ -51,7 +51,7 @@ from .days import (
 )
 from .lease import hold_lease
 from .pending import mark_pending
-from .storage import Storage, scratch_dir
+from .storage import Storage, naming_scratch, scratch_dir
 from .table import UNSHAPED, CsvTable
 from .watermark import WATERMARK_KEY, WatermarkState, read_watermark
 
@@ -517,7 +517,8 @@ def fetch_days(
     if since is None:
         check_lookback(wanted[0], zone, now)  # before any request: old files stay untouched
         since = day_start(wanted[0], zone)
-    with scratch_dir("scan") as work, collector_set_aside():
+    with scratch_dir("scan") as work, naming_scratch(work, "keep the scan's events"), \
+            collector_set_aside():
         return _scan(client, wanted, zone, storage, work, since, unreachable, log=log,
                      on_page=on_page, table=table, ceiling=now + INGESTION_AHEAD,
                      lease_wait_seconds=lease_wait_seconds, raw_files=raw_files)

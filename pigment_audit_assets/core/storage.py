@@ -22,6 +22,7 @@ import hashlib
 import io
 import os
 import shutil
+import sqlite3
 import stat
 import tempfile
 import time
@@ -63,24 +64,29 @@ def scratch_root() -> Path:
     return root
 
 
-def _scratch_error(action: str, folder: Path, error: OSError) -> StorageError:
+def _scratch_error(action: str, folder: Path, error: Exception) -> StorageError:
     """A failure of local scratch, naming the folder and ``PIGMENT_AUDIT_SCRATCH_DIR``."""
     return StorageError(f"Could not {action} in the scratch folder {folder} "
-                        f"({error.strerror or error}): free space there, or set "
-                        f"{SCRATCH_VARIABLE} to a local folder with more room.")
+                        f"({getattr(error, 'strerror', None) or error}): free space there, or "
+                        f"set {SCRATCH_VARIABLE} to a local folder with more room.")
 
 
 @contextlib.contextmanager
 def naming_scratch(folder: Path, action: str) -> Iterator[None]:
-    """A full disk or quota (ENOSPC, EDQUOT) in the block, where only scratch is written
-    locally, becomes a :class:`StorageError` naming ``folder`` and ``PIGMENT_AUDIT_SCRATCH_DIR``
-    rather than a bare ``OSError``."""
+    """A full disk or quota in the block, where only scratch is written locally (ENOSPC,
+    EDQUOT, or SQLite's "database or disk is full" from a spool spilled to disk), becomes a
+    :class:`StorageError` naming ``folder`` and ``PIGMENT_AUDIT_SCRATCH_DIR`` rather than a
+    bare ``OSError`` or a traceback."""
     try:
         yield
     except StorageError:
         raise
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _scratch_error(action, folder, error) from error
+    except sqlite3.OperationalError as error:
+        if "full" not in str(error):
             raise
         raise _scratch_error(action, folder, error) from error
 
