@@ -29,7 +29,14 @@ from .client import AUDIT_KEY_VARIABLE, IMPORT_KEY_VARIABLE, PigmentClient, chec
 from .collect import fetch_days
 from .days import day_start, days_between, parse_zone
 from .errors import ConfigError, PigmentAuditError, PushAnswerLostError
-from .imports import SHORT, SKIPPED, doubt, summarize_report, taken
+from .imports import (
+    SHORT,
+    SKIPPED,
+    accounted_for,
+    doubt,
+    skipped_reasons_text,
+    summarize_report,
+)
 from .storage import LocalStorage, atomic_write, scratch_dir
 from .table import CsvTable
 
@@ -294,13 +301,10 @@ def _push(client: PigmentClient, csv_path: Path, configuration_id: str, chunk_by
             failed.append(f"{import_id}: {'; '.join(report['errors']) or 'no details'}")
         elif verdict == SHORT:  # as the assets' import check: every row must be accounted for
             failed.append(f"{import_id}: Pigment's report accounts for "
-                          f"{taken(report) + report['skippedCount']:,} of the {rows:,} rows "
-                          "pushed")
+                          f"{accounted_for(report):,} of the {rows:,} rows pushed")
         elif verdict == SKIPPED:
-            reasons = "; ".join(f"{reason}: {count}"
-                                for reason, count in report["skippedReasons"].items())
             failed.append(f"{import_id}: Pigment skipped {report['skippedCount']:,} of the "
-                          f"{rows:,} rows" + (f" ({reasons})" if reasons else ""))
+                          f"{rows:,} rows" + skipped_reasons_text(report["skippedReasons"]))
     if failed:
         raise PigmentAuditError("Some imports failed or could not be confirmed, the CSV is "
                                 "kept: " + " | ".join(failed))

@@ -338,10 +338,26 @@ def doubt(entry: dict[str, Any]) -> str | None:
     report = entry.get("report") or {}
     if status != "Completed" or not report:
         return None
-    if (report.get("blockType") != "Metric"
-            and taken(report) + int(report.get("skippedCount") or 0) != import_rows(entry)):
+    if falls_short(report, import_rows(entry)):
         return SHORT
     return SKIPPED if int(report.get("skippedCount") or 0) else None
+
+
+def falls_short(report: dict[str, Any], rows: int) -> bool:
+    """Whether a List import's report accounts for other than its ``rows`` (a Metric import's
+    counts are cells, which do not map to rows)."""
+    return report.get("blockType") != "Metric" and accounted_for(report) != rows
+
+
+def accounted_for(report: dict[str, Any]) -> int:
+    """Rows a report accounts for: inserted, updated and skipped (a deletion is not a row)."""
+    return sum(int(report.get(name) or 0) for name in REPORT_SUMS)
+
+
+def skipped_reasons_text(reasons: dict[str, int]) -> str:
+    """Pigment's reasons for skipping rows, as `` (reason: count; ...)``, or empty."""
+    return (" (" + "; ".join(f"{reason}: {count}" for reason, count in reasons.items()) + ")"
+            if reasons else "")
 
 
 def import_rows(entry: dict[str, Any]) -> int:

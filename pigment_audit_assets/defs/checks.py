@@ -40,11 +40,13 @@ from ..core.collect import DayFile, classify
 from ..core.days import day_start, epoch_microseconds
 from ..core.imports import (
     ANSWER_LOST,
-    REPORT_SUMS,
     SHORT,
     SKIPPED,
     STATUS_UNKNOWN,
     ImportOutcome,
+    accounted_for,
+    falls_short,
+    skipped_reasons_text,
     unverified_in,
 )
 from ..core.storage import Storage
@@ -276,12 +278,6 @@ def check_csv_written(storage: Storage, day: date, summary: CsvSummary) -> dg.As
     return check_csv_rows(storage, day)
 
 
-def _reasons(reasons: dict[str, int]) -> str:
-    """Pigment's reasons for skipping rows, as a parenthesis (empty without any)."""
-    return (" (" + "; ".join(f"{reason}: {count}" for reason, count in reasons.items()) + ")"
-            if reasons else "")
-
-
 def check_import_reports(outcome: ImportOutcome,
                          configuration_id: str | None = None) -> dg.AssetCheckResult:
     """Every import of the day accepted by Pigment, this run's and earlier runs', has its rows
@@ -305,9 +301,8 @@ def check_import_reports(outcome: ImportOutcome,
     skipped: dict[str, dict[str, Any]] = {}
     for import_id, report in outcome.reports.items():  # this run's: as Pigment reported them
         rows = rows_by_id.get(import_id, -1)
-        accounted = sum(int(report.get(name) or 0) for name in REPORT_SUMS)
-        if report.get("blockType") != "Metric" and accounted != rows:
-            short[import_id] = {"rows_pushed": rows, "accounted_for": accounted}
+        if falls_short(report, rows):
+            short[import_id] = {"rows_pushed": rows, "accounted_for": accounted_for(report)}
         if int(report.get("skippedCount") or 0):
             skipped[import_id] = {"rows": rows, "skipped": int(report["skippedCount"]),
                                   "reasons": dict(report.get("skippedReasons") or {}),
@@ -338,7 +333,8 @@ def check_import_reports(outcome: ImportOutcome,
         problems.append(
             "Pigment skipped rows, so their events are not in Pigment: "
             + ", ".join(f"import {import_id} skipped {item['skipped']} of {item['rows']} rows"
-                        + _reasons(item["reasons"]) for import_id, item in skipped.items())
+                        + skipped_reasons_text(item["reasons"])
+                        for import_id, item in skipped.items())
             + "; fix those rows or the import configuration, then force a full re-push of "
               "the day")
     if unknown:
