@@ -377,12 +377,12 @@ def unverified_key(entry: dict[str, Any]) -> str:
             or f"chunk {entry.get('chunk')} pushed at {entry.get('pushedAt')}")
 
 
-def _unverified(record: dict[str, Any], configuration_id: str,
+def _unverified(record: dict[str, Any], configuration_id: str | None,
                 work: Path) -> dict[str, dict[str, Any]]:
-    """Imports of ``configuration_id`` in :func:`doubt` with an event in no Completed import
-    whose rows are all in Pigment (a later forced re-push settles them)."""
+    """Imports of ``configuration_id`` (None: of any) in :func:`doubt` with an event in no
+    Completed import whose rows are all in Pigment (a later forced re-push settles them)."""
     entries = [entry for entry in record["imports"]
-               if entry.get("configurationId") == configuration_id]
+               if configuration_id is None or entry.get("configurationId") == configuration_id]
     doubtful = [(entry, reason) for entry in entries if (reason := doubt(entry))]
     if not doubtful:
         return {}
@@ -401,16 +401,10 @@ def _unverified(record: dict[str, Any], configuration_id: str,
 
 def unverified_in(record: dict[str, Any],
                   configuration_id: str | None) -> dict[str, dict[str, Any]]:
-    """:func:`_unverified` for a record whose ``eventIds`` are lists, in memory (the import
-    check's way when no push worked it out)."""
-    entries = [entry for entry in record["imports"]
-               if configuration_id is None or entry.get("configurationId") == configuration_id]
-    confirmed = {event_id for entry in entries
-                 if entry.get("status") == "Completed" and not doubt(entry)
-                 for event_id in entry.get("eventIds", [])}
-    return {unverified_key(entry): doubt_summary(entry, reason) for entry in entries
-            if (reason := doubt(entry))
-            and not set(entry.get("eventIds", [])) <= confirmed}
+    """:func:`_unverified` outside a push, in a scratch folder of its own (the import check's
+    way when no push worked it out)."""
+    with scratch_dir("check") as work:
+        return _unverified(record, configuration_id, work)
 
 
 def doubt_summary(entry: dict[str, Any], reason: str) -> dict[str, Any]:
