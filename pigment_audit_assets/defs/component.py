@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any
+from typing import Any
 
 import dagster as dg
 from dagster.components.core.component_tree import ComponentTree
@@ -124,20 +124,6 @@ def _shown(variable: str) -> str:
     if _CONVENTIONAL_VARIABLE.match(variable):
         return variable
     return "(its name is not shown: it is not written as variable names are, and may be a key)"
-
-
-# What a key variable's YAML value that is not text becomes (a number or a mapping: a key
-# pasted there, maybe): a name validation refuses without quoting what was written.
-_NOT_TEXT = "(not text: a number or a mapping)"
-
-
-def _variable_name(context: dg.ResolutionContext, value: Any) -> str:
-    """``audit_key_env`` / ``import_key_env`` as written (its ``{{ env.X }}`` template
-    rendered here, not by Dagster, which would hand a number on unchecked), if text. Typed
-    ``Any`` in the model that Dagster validates the YAML with: with ``str``, pydantic's error
-    for a number or a mapping would quote it, and it may be the key."""
-    value = context.resolve_value(value)
-    return value if isinstance(value, str) else _NOT_TEXT
 
 
 class _Attributes(BaseModel):
@@ -255,14 +241,10 @@ class PigmentAuditComponent(dg.Component, dg.Model, dg.Resolvable):
 
     name: str = Field(description="The workspace's name: asset key prefix and group "
                                   "(letters, digits, _; starting with a letter).")
-    audit_key_env: Annotated[str, dg.Resolver(
-        _variable_name, model_field_type=Any, inject_before_resolve=False,
-        description="Name of the environment variable that holds the workspace's Audit Logs "
-                    "API key (not the key).")]
-    import_key_env: Annotated[str, dg.Resolver(
-        _variable_name, model_field_type=Any, inject_before_resolve=False,
-        description="Name of the environment variable that holds the workspace's Import API "
-                    "key (not the key).")]
+    audit_key_env: str = Field(description="Name of the environment variable that holds the "
+                                           "workspace's Audit Logs API key (not the key).")
+    import_key_env: str = Field(description="Name of the environment variable that holds the "
+                                            "workspace's Import API key (not the key).")
     import_configuration_id: str | None = Field(
         default=None, description="The Pigment import configuration the CSV is pushed into; "
                                   "the import asset fails, naming this field, without it.")
